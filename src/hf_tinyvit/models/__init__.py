@@ -1,0 +1,1 @@
+"""Model families: TinyViT and DeiT with a distillation token."""

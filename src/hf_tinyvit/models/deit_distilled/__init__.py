@@ -1,0 +1,1 @@
+"""DeiT with a distillation token that trains."""

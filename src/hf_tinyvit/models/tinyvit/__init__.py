@@ -1,0 +1,1 @@
+"""TinyViT as a transformers model family."""
