@@ -1,0 +1,193 @@
+"""Teacher-logit store figures: bytes per record on disk against the official `4 + 4k`, the cost of
+saving over a bare teacher forward, and replay throughput against timm's augmentation, per core.
+
+    python benchmarks/teacher_logits.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+torch.set_num_threads(1)  # figures are per core
+
+import datasets  # noqa: E402
+from hf_tinyvit.data import (  # noqa: E402
+    AugmentationRecipe,
+    AugmentedDataset,
+    StoredLogitsDataset,
+    TeacherLogitStore,
+    augmentation_seed,
+    collate_views,
+    save_teacher_logits,
+    topk_probabilities,
+)
+from hf_tinyvit.data.store import shard_relpath, shard_table, store_features, write_shard  # noqa: E402
+
+
+def teacher_like_logits(generator: torch.Generator, batch: int, num_labels: int) -> torch.Tensor:
+    """Synthetic logits shaped like a trained teacher's: one confident class over a Gaussian floor.
+
+    Real teacher outputs would be better; none can be downloaded here. Peaked distributions are
+    what makes top-k storage meaningful, and what the float16 values compress like.
+    """
+    logits = torch.randn(batch, num_labels, generator=generator) * 2.0
+    winners = torch.randint(0, num_labels, (batch,), generator=generator)
+    logits[torch.arange(batch), winners] += 8.0 + 4.0 * torch.rand(batch, generator=generator)
+    return logits
+
+
+def bytes_per_record(k: int, num_labels: int, num_records: int, chunk_size: int) -> float:
+    generator = torch.Generator().manual_seed(k)
+    features = store_features(k, num_labels, with_partner=False)
+    folder = tempfile.mkdtemp()
+    try:
+        for chunk in range(0, num_records, chunk_size):
+            ids = np.arange(chunk, min(chunk + chunk_size, num_records))
+            values, indices = topk_probabilities(teacher_like_logits(generator, len(ids), num_labels), k)
+            seeds = np.array([augmentation_seed(0, 3, i) for i in ids], dtype=np.uint32)
+            table = shard_table(features, ids, 3, seeds, values.numpy(), indices.numpy())
+            write_shard(os.path.join(folder, shard_relpath(3, chunk // chunk_size)), table)
+        total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+    finally:
+        shutil.rmtree(folder)
+    return total / num_records
+
+
+def photo_dataset(count: int) -> datasets.Dataset:
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]
+    images = [Image.fromarray(photos[i % len(photos)]) for i in range(count)]
+    return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+
+
+def replay_throughput(dataset, recipe: AugmentationRecipe, repeats: int) -> dict[str, float]:
+    import timm.data
+
+    ours = AugmentedDataset(dataset, recipe, seed=0, label_column=None)
+    timm_transform = timm.data.create_transform(
+        recipe.image_size, is_training=True, auto_augment=recipe.auto_augment, re_prob=recipe.reprob,
+        re_mode=recipe.remode, interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std,
+        scale=recipe.scale, ratio=recipe.ratio, hflip=recipe.hflip, color_jitter=None,
+    )  # fmt: skip
+    n = len(dataset)
+    ours.items(range(2))
+    timings = {}
+    start = time.perf_counter()
+    for epoch in range(repeats):
+        for i in range(n):
+            ours.items([i], epoch)
+    timings["ours"] = repeats * n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for i in range(n):
+            timm_transform(dataset[i]["image"])
+    timings["timm"] = repeats * n / (time.perf_counter() - start)
+    return timings
+
+
+def saving_overhead(dataset, recipe: AugmentationRecipe, batches: int, batch_size: int) -> dict[str, float]:
+    import timm
+
+    teacher = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()
+    views = AugmentedDataset(dataset, recipe, seed=0, label_column=None)
+    order = [list(range(b * batch_size, (b + 1) * batch_size)) for b in range(batches)]
+    pixel_batches = [collate_views(views.items([i % len(views) for i in ids]))["pixel_values"] for ids in order]
+    with torch.inference_mode():
+        teacher(pixel_batches[0])
+        start = time.perf_counter()
+        outputs = [teacher(x) for x in pixel_batches]
+        forward = time.perf_counter() - start
+    features = store_features(10, 1000, with_partner=False)
+    folder = tempfile.mkdtemp()
+    try:
+        start = time.perf_counter()
+        values, indices = zip(*(topk_probabilities(logits, 10) for logits in outputs))
+        ids = np.arange(batches * batch_size)
+        seeds = np.array([augmentation_seed(0, 0, i) for i in ids], dtype=np.uint32)
+        table = shard_table(features, ids, 0, seeds, torch.cat(values).numpy(), torch.cat(indices).numpy())
+        write_shard(os.path.join(folder, shard_relpath(0, 0)), table)
+        storing = time.perf_counter() - start
+    finally:
+        shutil.rmtree(folder)
+    return {"forward_s": forward, "storing_s": storing, "records": batches * batch_size}
+
+
+def end_to_end(dataset, recipe: AugmentationRecipe, batch_size: int) -> dict[str, float]:
+    """save_teacher_logits (augment + forward + store) against augment + forward alone, same teacher."""
+    import timm
+
+    teacher = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()
+    views = AugmentedDataset(dataset, recipe, seed=0, label_column=None)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(views), batch_size):
+            teacher(collate_views(views.items(range(b, min(b + batch_size, len(views)))))["pixel_values"])
+    bare = time.perf_counter() - start
+    folder = tempfile.mkdtemp()
+    try:
+        start = time.perf_counter()
+        save_teacher_logits(
+            teacher, dataset, folder, recipe=recipe, topk=10, batch_size=batch_size, teacher_name="resnet18",
+            progress=False, cache_dir=os.path.join(folder, "cache"),
+        )  # fmt: skip
+        saved = time.perf_counter() - start
+        store = TeacherLogitStore.open(folder, cache_dir=os.path.join(folder, "cache"))
+        replay = StoredLogitsDataset(dataset, store, label_column=None)
+        replay.items([0])
+        start = time.perf_counter()
+        for i in range(len(replay)):
+            replay.items([i])
+        replay_rate = len(replay) / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(folder)
+    return {"bare_s": bare, "save_s": saved, "replay_per_s": replay_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer records and images")
+    args = parser.parse_args()
+    records = 16384 if args.quick else 65536
+
+    print("== bytes per record on disk (Parquet, zstd; synthetic peaked teacher outputs) ==")
+    for k, num_labels in ((10, 1000), (100, 21841)):
+        measured = bytes_per_record(k, num_labels, records, chunk_size=16384)
+        official = 4 + 4 * k
+        print(
+            f"k={k:3d} C={num_labels:5d}: {measured:7.2f} B/record vs official 4+4k = {official} B  (ratio {measured / official:.3f})"
+        )
+
+    recipe = AugmentationRecipe.tinyvit_pretrain(224)
+    dataset = photo_dataset(16 if args.quick else 32)
+
+    print("== saving overhead over a bare teacher forward (resnet18, 224 px, batch 32, 1 core) ==")
+    figures = saving_overhead(dataset, recipe, batches=2 if args.quick else 4, batch_size=32)
+    print(
+        f"forward {figures['forward_s']:.3f} s, top-k + encoding + Parquet write {figures['storing_s']:.4f} s "
+        f"for {figures['records']} records: overhead {100 * figures['storing_s'] / figures['forward_s']:.2f}%"
+    )
+    e2e = end_to_end(dataset, recipe, batch_size=16)
+    print(
+        f"end to end on {len(dataset)} images: augment+forward {e2e['bare_s']:.2f} s, save_teacher_logits {e2e['save_s']:.2f} s "
+        f"(+{100 * (e2e['save_s'] / e2e['bare_s'] - 1):.1f}%, includes the probe forward and metadata)"
+    )
+
+    print("== replay throughput per core, tinyvit_pretrain recipe at 224 px, real photos ==")
+    rates = replay_throughput(dataset, recipe, repeats=2 if args.quick else 4)
+    print(
+        f"ours (torchvision v2 on uint8 tensors) {rates['ours']:.1f} img/s, timm PIL pipeline {rates['timm']:.1f} img/s: "
+        f"ratio {rates['ours'] / rates['timm']:.2f}x; StoredLogitsDataset (replay + store lookup) {e2e['replay_per_s']:.1f} img/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

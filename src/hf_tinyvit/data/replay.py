@@ -1,0 +1,333 @@
+"""Torch datasets that render replayable augmented views, and the one that joins them with a
+teacher-logit store so a student trains on the exact views and targets the teacher produced."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .augment import (
+    AugmentationRecipe,
+    _seed_from,
+    apply_augmentation,
+    augmentation_seed,
+    mix_images,
+    mix_labels,
+    mix_partners,
+    pairing_order,
+    sample_augmentation,
+    sample_mix,
+)
+from .images import dataset_fingerprint, image_to_tensor
+from .store import TeacherLogitStore
+
+__all__ = ["AugmentedDataset", "StoredLogitsDataset", "PairedSampler", "collate_views"]
+
+
+def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items into a batch; when some samples were mixed, every label becomes a distribution."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "labels" and any(v.dim() == 1 for v in values):
+            num_labels = next(v.shape[0] for v in values if v.dim() == 1)
+            values = [v if v.dim() == 1 else torch.nn.functional.one_hot(v, num_labels).float() for v in values]
+        batch[key] = torch.stack(values)
+    return batch
+
+
+class AugmentedDataset(Dataset):
+    """Replayable augmented views of an image dataset: item i of epoch e depends on (seed, e, i) only.
+
+    Items: `pixel_values` float32 (3, S, S), `sample_id` int64 and, with a label column, `labels`
+    (int64, or a float32 distribution over `num_labels` when Mixup/CutMix mixed the sample).
+    The epoch lives in shared memory, so `set_epoch` in the main process reaches DataLoader
+    workers, persistent ones included. A batch fetched through `__getitems__` (what DataLoader
+    uses) decodes each image once even when its Mixup partner is in the same batch; use
+    `train_sampler` with an even batch size to keep partners together.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        recipe: AugmentationRecipe,
+        *,
+        seed: int,
+        epoch: int = 0,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        num_labels: int | None = None,
+    ):
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: there is nothing to augment")
+        columns = getattr(dataset, "column_names", None)
+        if columns is not None:
+            for name in (image_column, label_column):
+                if name is not None and name not in columns:
+                    raise ValueError(f"column {name!r} is not in the dataset; columns: {columns}")
+            keep = [c for c in (image_column, label_column) if c is not None]
+            dataset = dataset.select_columns(keep)
+        if num_labels is None and label_column is not None and hasattr(dataset, "features"):
+            num_labels = getattr(dataset.features[label_column], "num_classes", None)
+        if recipe.mixes and label_column is not None and num_labels is None:
+            raise ValueError("Mixup/CutMix mixes labels: pass num_labels (the label column is not a ClassLabel)")
+        self.dataset = dataset
+        self.recipe = recipe
+        self.seed = int(seed)
+        self.image_column = image_column
+        self.label_column = label_column
+        self.num_labels = num_labels
+        # a shared-memory scalar: forked and spawned workers see what the main process writes
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch.fill_(int(epoch))
+        self._partners: tuple[int, np.ndarray] | None = None
+        self.collate_fn = collate_views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be >= 0")
+        self._epoch.fill_(int(epoch))
+
+    def train_sampler(self, seed: int = 0) -> "PairedSampler":
+        return PairedSampler(self, seed)
+
+    def fingerprint(self) -> str:
+        return dataset_fingerprint(self.dataset, self.image_column)
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def partners(self, epoch: int) -> np.ndarray:
+        if self._partners is None or self._partners[0] != epoch:
+            self._partners = (epoch, mix_partners(self.recipe, self.seed, epoch, len(self)))
+        return self._partners[1]
+
+    def _read(self, sample_id: int) -> tuple[torch.Tensor, int | None]:
+        try:
+            row = self.dataset[sample_id]
+            image = image_to_tensor(row[self.image_column])
+        except Exception as error:  # decoding errors come from PIL, datasets or numpy alike
+            raise ValueError(f"cannot read the image of sample_id={sample_id}: {error}") from error
+        label = None if self.label_column is None else int(row[self.label_column])
+        return image, label
+
+    def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:
+        """The unmixed view of one sample (normalised float32) and its label."""
+        epoch = self.epoch if epoch is None else epoch
+        image, label = self._read(sample_id)
+        params = sample_augmentation(self.recipe, augmentation_seed(self.seed, epoch, sample_id), *image.shape[-2:])
+        return apply_augmentation(image, params, self.recipe), label
+
+    def items(self, sample_ids: Sequence[int], epoch: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Items of `sample_ids` at `epoch` (default: the current one), each image decoded once."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        ids = [int(i) for i in sample_ids]
+        for i in ids:
+            if not 0 <= i < len(self):
+                raise IndexError(f"sample_id={i} is outside the dataset's {len(self)} samples")
+        partners = self.partners(epoch) if self.recipe.mixes else None
+        needed = list(ids)
+        if partners is not None:
+            needed += [int(partners[i]) for i in ids if partners[i] >= 0]
+        views = {i: self.render(i, epoch) for i in dict.fromkeys(needed)}  # each image decoded once
+        items = []
+        for i in ids:
+            pixels, label = views[i]
+            mix = sample_mix(self.recipe, self.seed, epoch, i, int(partners[i])) if partners is not None else None
+            if mix is not None:
+                partner_pixels, partner_label = views[mix.partner]
+                pixels = mix_images(pixels, partner_pixels, mix)
+                if label is not None:
+                    label = mix_labels(label, partner_label, mix, self.num_labels)
+            item = {"pixel_values": pixels, "sample_id": torch.tensor(i, dtype=torch.int64)}
+            if label is not None:
+                item["labels"] = label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64)
+            items.append(item)
+        return items
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        return self.items(indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items([index])[0]
+
+
+class PairedSampler(Sampler[int]):
+    """A shuffling sampler that keeps each epoch's Mixup/CutMix partners adjacent.
+
+    With an even batch size a pair never straddles two batches, so a batch decodes each image
+    once. The shuffle depends on (seed, epoch) only; set_epoch forwards to the dataset.
+    """
+
+    def __init__(self, dataset: "AugmentedDataset | StoredLogitsDataset", seed: int = 0):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        augmented = self.dataset.augmented if isinstance(self.dataset, StoredLogitsDataset) else self.dataset
+        n = len(augmented)
+        generator = torch.Generator().manual_seed(_seed_from("sampler", self.seed, self.dataset.epoch))
+        order = pairing_order(augmented.recipe, augmented.seed, augmented.epoch, n)
+        if not augmented.recipe.mixes:
+            yield from order[torch.randperm(n, generator=generator).numpy()].tolist()
+            return
+        paired = n - n % 2
+        pairs = order[:paired].reshape(-1, 2)[torch.randperm(paired // 2, generator=generator).numpy()]
+        yield from pairs.ravel().tolist()
+        yield from order[paired:].tolist()
+
+
+class StoredLogitsDataset(Dataset):
+    """The replayed views of a store's epoch with the teacher's stored top-k targets.
+
+    Items are `AugmentedDataset` items plus `teacher_topk_values` float32 (k,) and
+    `teacher_topk_indices` int64 (k,). Training past the saved epochs cycles through them
+    (with a warning): epoch e replays saved epoch `epochs[e % len(epochs)]` when e is not saved.
+    The dataset must be the one the store was built from (size and content fingerprint), and a
+    `recipe` given here must be the store's. `num_labels` is the teacher's class count, the
+    size the student's distillation head needs; `num_dataset_labels` is only for mixing dataset
+    labels when the label column is not a ClassLabel.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        store: TeacherLogitStore | str,
+        *,
+        epoch: int = 0,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        recipe: AugmentationRecipe | None = None,
+        num_dataset_labels: int | None = None,
+    ):
+        store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store)
+        metadata = store.metadata
+        if not store.epochs:
+            raise ValueError(f"store {store.path!r} has no complete epoch yet")
+        if len(dataset) != metadata["dataset_size"]:
+            raise ValueError(
+                f"the dataset has {len(dataset)} samples but store {store.path!r} was built from "
+                f"{metadata['dataset_size']}: pass the same dataset (split, --max_samples) the teacher saw"
+            )
+        stored_recipe = AugmentationRecipe.from_dict(metadata["recipe"])
+        if stored_recipe.fingerprint() != metadata["recipe_fingerprint"]:
+            raise ValueError(
+                f"store {store.path!r} recipe fingerprint {metadata['recipe_fingerprint']} does not match its recipe "
+                f"({stored_recipe.fingerprint()}): it was written by an incompatible version"
+            )
+        if recipe is not None and recipe.fingerprint() != metadata["recipe_fingerprint"]:
+            differing = {
+                k: (v, metadata["recipe"].get(k)) for k, v in recipe.to_dict().items() if metadata["recipe"].get(k) != v
+            }
+            raise ValueError(
+                f"recipe {recipe.fingerprint()} differs from the store's {metadata['recipe_fingerprint']} in "
+                f"{differing} (given, stored): replaying it would not rebuild the teacher's views"
+            )
+        self.store = store
+        self.augmented = AugmentedDataset(
+            dataset,
+            stored_recipe,
+            seed=int(metadata["seed"]),
+            image_column=image_column,
+            label_column=label_column,
+            num_labels=num_dataset_labels,
+        )
+        fingerprint = self.augmented.fingerprint()
+        if fingerprint != metadata["dataset_fingerprint"]:
+            raise ValueError(
+                f"dataset fingerprint {fingerprint} differs from the store's {metadata['dataset_fingerprint']}: "
+                f"store {store.path!r} was built from another dataset, split or order"
+            )
+        self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._warned: set[int] = set()
+        self.collate_fn = collate_views
+        self.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.augmented)
+
+    @property
+    def num_labels(self) -> int:
+        return self.store.num_labels
+
+    @property
+    def recipe(self) -> AugmentationRecipe:
+        """The store's recipe, which normalised `pixel_values` (a live teacher needs its mean/std)."""
+        return self.augmented.recipe
+
+    @property
+    def epoch(self) -> int:
+        """The training epoch last set (which may lie past the saved epochs)."""
+        return int(self._requested.item())
+
+    @property
+    def replay_epoch(self) -> int:
+        """The saved epoch whose views and targets are being replayed."""
+        return self.augmented.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        saved = self.store.epochs
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be >= 0")
+        replay = epoch if epoch in saved else saved[epoch % len(saved)]
+        if replay != epoch and epoch not in self._warned:
+            self._warned.add(epoch)
+            warnings.warn(
+                f"epoch {epoch} was not saved in store {self.store.path!r} (saved: {saved}); replaying saved epoch {replay}",
+                stacklevel=2,
+            )
+        self._requested.fill_(int(epoch))
+        self.augmented.set_epoch(replay)
+
+    def train_sampler(self, seed: int = 0) -> PairedSampler:
+        return PairedSampler(self, seed)
+
+    def items(self, sample_ids: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        epoch = self.augmented.epoch
+        items = self.augmented.items(sample_ids, epoch)
+        stored = self.store.lookup(epoch, [int(i) for i in sample_ids])
+        expected_seeds = np.array(
+            [augmentation_seed(self.augmented.seed, epoch, int(i)) for i in sample_ids], dtype=np.uint32
+        )
+        if not np.array_equal(stored["aug_seed"].astype(np.uint32), expected_seeds):
+            bad = int(np.asarray(sample_ids)[stored["aug_seed"].astype(np.uint32) != expected_seeds][0])
+            raise ValueError(
+                f"store {self.store.path!r} epoch {epoch}: the augmentation seed of sample_id={bad} does not match "
+                f"seed={self.augmented.seed}; the store is corrupt or was built with another seed"
+            )
+        if "mix_partner" in stored:
+            partners = self.augmented.partners(epoch)[np.asarray(sample_ids, dtype=np.int64)]
+            if not np.array_equal(stored["mix_partner"], partners):
+                raise ValueError(
+                    f"store {self.store.path!r} epoch {epoch}: stored Mixup partners differ from the replayed pairing"
+                )
+        values = torch.from_numpy(stored["teacher_topk_values"].astype(np.float32))
+        indices = torch.from_numpy(stored["teacher_topk_indices"].astype(np.int64))
+        for item, v, i in zip(items, values, indices):
+            item["teacher_topk_values"] = v
+            item["teacher_topk_indices"] = i
+        return items
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self.items(indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items([index])[0]

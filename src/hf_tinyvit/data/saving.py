@@ -1,0 +1,318 @@
+"""Run a teacher once over replayable augmented views and save its sparse top-k probabilities as a
+store, in parallel under Accelerate, resumable, with a check that replays and re-runs the teacher."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .augment import AugmentationRecipe, augmentation_seed, mix_partners, pairing_order
+from .images import dataset_fingerprint
+from .replay import AugmentedDataset, StoredLogitsDataset, collate_views
+from .sparse import topk_probabilities
+from .store import (
+    FORMAT_VERSION,
+    METADATA_NAME,
+    TeacherLogitStore,
+    dataset_card,
+    identity_mismatches,
+    read_metadata,
+    shard_relpath,
+    shard_table,
+    store_features,
+    write_json_atomic,
+    write_shard,
+)
+from .teacher import state_dict_hash, teacher_logits
+
+__all__ = ["save_teacher_logits", "check_teacher_logits"]
+
+logger = logging.getLogger(__name__)
+
+
+def _teacher_identity(teacher, name: str | None, weights_hash: str | None) -> tuple[str, str]:
+    name = name or getattr(teacher, "name", None) or type(teacher).__name__
+    weights_hash = weights_hash or getattr(teacher, "weights_hash", None)
+    if weights_hash is None:
+        if not isinstance(teacher, torch.nn.Module):
+            raise ValueError(
+                f"teacher {name!r} is a plain callable: pass teacher_hash= so a store can tell which weights it holds"
+            )
+        weights_hash = state_dict_hash(teacher)
+    return name, weights_hash
+
+
+def _forward(teacher, pixel_values: torch.Tensor, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+    logits = teacher_logits(teacher(pixel_values)).float()
+    if logits.dim() != 2 or logits.shape[0] != pixel_values.shape[0]:
+        raise ValueError(
+            f"the teacher returned logits of shape {tuple(logits.shape)}; expected ({pixel_values.shape[0]}, num_labels)"
+        )
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(sample_ids[(~finite).nonzero()[0]].item())
+        raise ValueError(
+            f"the teacher's output for sample_id={bad} (epoch {epoch}) contains NaN or inf; refusing to store it"
+        )
+    return logits
+
+
+def _complete_epochs(output_dir: str, num_chunks: int) -> list[int]:
+    data_dir = os.path.join(output_dir, "data")
+    epochs = []
+    for entry in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []:
+        if not entry.startswith("epoch_"):
+            continue
+        epoch = int(entry.removeprefix("epoch_"))
+        if all(os.path.exists(os.path.join(output_dir, shard_relpath(epoch, c))) for c in range(num_chunks)):
+            epochs.append(epoch)
+    return epochs
+
+
+def save_teacher_logits(
+    teacher: torch.nn.Module | Callable[[torch.Tensor], Any],
+    dataset,
+    output_dir: str,
+    *,
+    recipe: AugmentationRecipe,
+    topk: int,
+    num_epochs: int = 1,
+    start_epoch: int = 0,
+    end_epoch: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    chunk_size: int = 16384,
+    max_samples: int | None = None,
+    check_samples: int = 0,
+    check_tolerance: float = 1e-5,
+    teacher_name: str | None = None,
+    teacher_hash: str | None = None,
+    id2label: Mapping[int, str] | None = None,
+    image_column: str = "image",
+    accelerator=None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> str:
+    """Save a teacher's top-k probabilities for epochs [start_epoch, end_epoch) of augmented views.
+
+    `teacher` takes views normalised with the recipe's mean/std (see `load_teacher`) and returns
+    logits. Records are split into fixed chunks of `chunk_size` samples per epoch, dealt out
+    round-robin to the Accelerate processes; each chunk is one Parquet shard, so a store is
+    byte-identical whatever the process count. Rerunning the same call skips complete shards;
+    a store built from another teacher, dataset, recipe or seed is refused before any work.
+    Returns `output_dir`.
+    """
+    from accelerate import Accelerator
+
+    end_epoch = num_epochs if end_epoch is None else end_epoch
+    if not 0 <= start_epoch < end_epoch <= num_epochs:
+        raise ValueError(
+            f"epochs [{start_epoch}, {end_epoch}) must satisfy 0 <= start_epoch < end_epoch <= num_epochs={num_epochs}"
+        )
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size={batch_size} and chunk_size={chunk_size} must be >= 1")
+    if recipe.mixes and chunk_size % 2:
+        raise ValueError(f"chunk_size={chunk_size} must be even with Mixup/CutMix so that partners share a shard")
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples={max_samples} must be >= 1")
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: there is nothing to save")
+    accelerator = accelerator or Accelerator()
+    device = accelerator.device
+    if isinstance(teacher, torch.nn.Module):
+        teacher = teacher.to(device).eval()
+    name, weights_hash = _teacher_identity(teacher, teacher_name, teacher_hash)
+    views = AugmentedDataset(dataset, recipe, seed=seed, image_column=image_column, label_column=None)
+    num_samples = len(views)
+
+    # One view through the teacher before any work: class count, output shape, topk range.
+    with torch.inference_mode():
+        probe = views.items([0], start_epoch)[0]["pixel_values"].unsqueeze(0).to(device)
+        num_labels = _forward(teacher, probe, torch.zeros(1, dtype=torch.int64), start_epoch).shape[1]
+    declared = getattr(teacher, "num_labels", None)
+    if declared is not None and int(declared) != num_labels:
+        raise ValueError(f"the teacher declares num_labels={declared} but returns {num_labels} logits")
+    if not 1 <= topk <= num_labels:
+        raise ValueError(
+            f"topk={topk} exceeds the teacher's num_labels={num_labels}"
+            if topk > num_labels
+            else f"topk={topk} must be >= 1"
+        )
+    id2label = id2label or getattr(teacher, "id2label", None) or {i: str(i) for i in range(num_labels)}
+
+    num_chunks = math.ceil(num_samples / chunk_size)
+    metadata: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "teacher_name": name,
+        "teacher_hash": weights_hash,
+        "num_labels": num_labels,
+        "id2label": {str(int(k)): v for k, v in id2label.items()},
+        "topk": topk,
+        "recipe": recipe.to_dict(),
+        "recipe_fingerprint": recipe.fingerprint(),
+        "seed": seed,
+        "dataset_fingerprint": dataset_fingerprint(views.dataset, image_column),
+        "dataset_size": num_samples,
+        "chunk_size": chunk_size,
+        "num_chunks": num_chunks,
+        "num_epochs": num_epochs,
+        "epochs": [],
+    }
+    metadata_path = os.path.join(output_dir, METADATA_NAME)
+    if os.path.exists(metadata_path):
+        # every process checks, so all of them stop together rather than some waiting at a barrier
+        existing = read_metadata(output_dir)
+        mismatches = identity_mismatches(existing, metadata)
+        if mismatches:
+            raise ValueError(
+                f"{output_dir!r} holds a store built differently (this run != stored): {'; '.join(mismatches)}"
+            )
+        metadata["num_epochs"] = max(num_epochs, existing.get("num_epochs", 0))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+        metadata["epochs"] = _complete_epochs(output_dir, num_chunks)
+        write_json_atomic(metadata_path, metadata)
+    accelerator.wait_for_everyone()
+
+    features = store_features(topk, num_labels, with_partner=recipe.mixes)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    work = {
+        epoch: [
+            c
+            for c in range(rank, num_chunks, world)
+            if not os.path.exists(os.path.join(output_dir, shard_relpath(epoch, c)))
+        ]
+        for epoch in range(start_epoch, end_epoch)
+    }
+    for epoch, chunks in work.items():
+        for chunk in chunks:
+            # a killed run can leave a half-written temporary file of a chunk this rank now redoes
+            for stale in glob.glob(glob.escape(os.path.join(output_dir, shard_relpath(epoch, chunk))) + ".tmp-*"):
+                os.remove(stale)
+    total = sum(min(chunk_size, num_samples - c * chunk_size) for chunks in work.values() for c in chunks)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total, desc="teacher logits", unit="img", disable=not (progress and accelerator.is_local_main_process)
+    )
+    for epoch, chunks in work.items():
+        order = pairing_order(recipe, seed, epoch, num_samples)
+        partners = mix_partners(recipe, seed, epoch, num_samples) if recipe.mixes else None
+        chunk_ids = {c: order[c * chunk_size : (c + 1) * chunk_size] for c in chunks}
+        # batches never cross a chunk, so a finished chunk is written as soon as its last batch is in
+        batches = [
+            (c, ids[i : i + batch_size].tolist())
+            for c in chunks
+            for ids in [chunk_ids[c]]
+            for i in range(0, len(ids), batch_size)
+        ]
+        views.set_epoch(epoch)
+        loader = DataLoader(
+            views, batch_sampler=[ids for _, ids in batches], collate_fn=collate_views, num_workers=num_workers
+        )
+        pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {c: [] for c in chunks}
+        with torch.inference_mode():
+            for (chunk, ids), batch in zip(batches, loader):
+                logits = _forward(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
+                values, indices = topk_probabilities(logits, topk)
+                pending[chunk].append((values.cpu(), indices.cpu()))
+                bar.update(len(ids))
+                if sum(len(v) for v, _ in pending[chunk]) == len(chunk_ids[chunk]):
+                    parts = pending.pop(chunk)
+                    sample_ids = chunk_ids[chunk]
+                    table = shard_table(
+                        features,
+                        sample_ids,
+                        epoch,
+                        np.array([augmentation_seed(seed, epoch, s) for s in sample_ids], dtype=np.uint32),
+                        torch.cat([v for v, _ in parts]).numpy(),
+                        torch.cat([i for _, i in parts]).numpy(),
+                        None if partners is None else partners[sample_ids],
+                    )
+                    relpath = shard_relpath(epoch, chunk)
+                    write_shard(os.path.join(output_dir, relpath), table)
+                    logger.info("rank %d wrote %s (%d records)", rank, relpath, table.num_rows)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # only complete epochs are listed, so a reader never meets a half-saved one
+            metadata["epochs"] = _complete_epochs(output_dir, num_chunks)
+            write_json_atomic(metadata_path, metadata)
+            with open(os.path.join(output_dir, "README.md"), "w") as handle:
+                handle.write(dataset_card(metadata))
+        accelerator.wait_for_everyone()
+    bar.close()
+    if accelerator.is_main_process and metadata["epochs"]:
+        shards = [os.path.join(output_dir, shard_relpath(e, c)) for e in metadata["epochs"] for c in range(num_chunks)]
+        records = num_samples * len(metadata["epochs"])
+        logger.info(
+            "store %s: %d epochs x %d samples, %.1f bytes/record on disk (the official format takes 4 + 4k = %d)",
+            output_dir, len(metadata["epochs"]), num_samples, sum(map(os.path.getsize, shards)) / records, 4 + 4 * topk,
+        )  # fmt: skip
+
+    if check_samples > 0 and accelerator.is_main_process:
+        report = check_teacher_logits(
+            teacher, dataset, output_dir, num_samples=check_samples, batch_size=batch_size, epoch=start_epoch,
+            image_column=image_column, cache_dir=cache_dir,
+        )  # fmt: skip
+        logger.info(
+            "check: re-ran the teacher on %d replayed records of epoch %d: largest difference %.3g, %d top-k index mismatches",
+            report["num_checked"], report["epoch"], report["max_abs_diff"], report["index_mismatches"],
+        )  # fmt: skip
+        if report["max_abs_diff"] > check_tolerance or report["index_mismatches"]:
+            raise RuntimeError(
+                f"check failed: stored and recomputed teacher probabilities differ by {report['max_abs_diff']:.3g} "
+                f"(tolerance {check_tolerance}) with {report['index_mismatches']} index mismatches"
+            )
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def check_teacher_logits(
+    teacher,
+    dataset,
+    store: TeacherLogitStore | str,
+    *,
+    num_samples: int,
+    batch_size: int = 64,
+    epoch: int | None = None,
+    image_column: str = "image",
+    cache_dir: str | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Replay `num_samples` stored records, re-run the teacher and compare with what was stored.
+
+    The records are the first of the epoch's first chunk, batched as the saving run batched them,
+    so a deterministic teacher sees bitwise the same inputs in the same batches. Both sides are
+    compared after the float16 rounding the store applies; `max_abs_diff` is the largest gap.
+    """
+    store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store, cache_dir=cache_dir)
+    epoch = store.epochs[0] if epoch is None else epoch
+    replay = StoredLogitsDataset(dataset, store, epoch=epoch, image_column=image_column, label_column=None)
+    if epoch != replay.replay_epoch:
+        raise KeyError(f"epoch {epoch} is not in store {store.path!r}; saved epochs: {store.epochs}")
+    recipe = replay.augmented.recipe
+    first_chunk = pairing_order(recipe, store.metadata["seed"], epoch, len(replay))[: store.metadata["chunk_size"]]
+    count = min(len(first_chunk), math.ceil(num_samples / batch_size) * batch_size)
+    ids = first_chunk[:count].tolist()
+    device = device or next((p.device for p in getattr(teacher, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    max_diff, mismatches = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, count, batch_size):
+            batch = collate_views(replay.items(ids[start : start + batch_size]))
+            logits = _forward(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
+            values, indices = topk_probabilities(logits, store.topk)
+            mismatches += int((indices.cpu() != batch["teacher_topk_indices"]).any(dim=1).sum())
+            diff = (values.float().cpu() - batch["teacher_topk_values"]).abs().max().item()
+            max_diff = max(max_diff, diff)
+    return {"epoch": epoch, "num_checked": count, "max_abs_diff": max_diff, "index_mismatches": mismatches}

@@ -1,0 +1,280 @@
+"""The teacher-logit store: save -> replay -> teacher check, the Parquet layout read back with
+`datasets`, resuming an interrupted run, epoch cycling, and every refusal before work is lost."""
+
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import datasets
+from hf_tinyvit.data import (
+    AugmentationRecipe,
+    StoredLogitsDataset,
+    TeacherLogitStore,
+    augmentation_seed,
+    check_student_compatible,
+    check_teacher_logits,
+    load_image_dataset,
+    save_teacher_logits,
+    sparse_to_dense,
+    topk_probabilities,
+)
+
+RECIPE = AugmentationRecipe.tinyvit_pretrain(16)
+
+
+class TinyTeacher(nn.Module):
+    def __init__(self, num_labels=10, seed=0):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.GELU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(32, num_labels)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+        self.num_labels = num_labels
+        self.calls = 0
+
+    def forward(self, pixel_values):
+        self.calls += 1
+        return self.head(self.body(pixel_values)) * 3.0
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_image_dataset("digits")["train"].select(range(40))
+
+
+@pytest.fixture(scope="module")
+def saved(digits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    teacher = TinyTeacher()
+    kwargs = dict(
+        recipe=RECIPE,
+        topk=3,
+        num_epochs=3,
+        end_epoch=2,
+        chunk_size=16,
+        batch_size=8,
+        progress=False,
+        teacher_name="tiny-teacher",
+    )
+    path = save_teacher_logits(
+        teacher, digits, str(root / "clean"), cache_dir=str(root / "cache"), check_samples=16, **kwargs
+    )
+    return {"path": path, "teacher": teacher, "kwargs": kwargs, "root": root, "cache": str(root / "cache")}
+
+
+def _shards(path):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(os.path.join(path, "data")) for f in fs
+    )
+
+
+def test_store_layout_metadata_and_datasets_loading(saved, digits):
+    path = saved["path"]
+    assert _shards(path) == [f"data/epoch_{e:04d}/chunk_{c:06d}.parquet" for e in (0, 1) for c in range(3)]
+    with open(os.path.join(path, "metadata.json")) as handle:
+        metadata = json.load(handle)
+    assert metadata["epochs"] == [0, 1] and metadata["num_epochs"] == 3 and metadata["topk"] == 3
+    assert metadata["num_labels"] == 10 and metadata["dataset_size"] == 40 and metadata["recipe"] == RECIPE.to_dict()
+    assert metadata["recipe_fingerprint"] == RECIPE.fingerprint() and metadata["seed"] == 0
+    for key in ("teacher_name", "teacher_hash", "dataset_fingerprint", "id2label", "format_version"):
+        assert metadata[key]
+    store = TeacherLogitStore.open(path, cache_dir=saved["cache"])
+    loaded = datasets.load_dataset("parquet", data_files=store.data_files(), cache_dir=saved["cache"])
+    assert sorted(loaded) == ["epoch_0", "epoch_1"]
+    epoch1 = loaded["epoch_1"]
+    assert epoch1.num_rows == 40 and sorted(epoch1["sample_id"]) == list(range(40)) and set(epoch1["epoch"]) == {1}
+    assert epoch1.features["teacher_topk_values"].feature.dtype == "float16"
+    assert epoch1.features["teacher_topk_indices"].feature.dtype == "uint8"  # 10 classes fit in a byte
+    # the augmentation encoding is the per-record seed, derived from (seed, epoch, sample_id) alone
+    assert epoch1["aug_seed"] == [augmentation_seed(0, 1, i) for i in epoch1["sample_id"]]
+    values = np.array(epoch1["teacher_topk_values"], dtype=np.float32)
+    assert values.shape == (40, 3) and np.all(np.diff(values, axis=1) <= 0) and np.all(values.sum(1) <= 1.001)
+    streamed = next(iter(store.load([1], streaming=True)["epoch_1"]))
+    assert streamed["sample_id"] == epoch1[0]["sample_id"] and len(streamed["teacher_topk_values"]) == 3
+    # the dataset card maps one split per epoch, so the folder (or its Hub repo) loads by name
+    by_card = datasets.load_dataset(path, cache_dir=saved["cache"])
+    assert sorted(by_card) == ["epoch_0", "epoch_1"] and by_card["epoch_0"]["aug_seed"] == loaded["epoch_0"]["aug_seed"]
+
+
+def test_replay_gives_the_teacher_its_own_targets_back(saved, digits):
+    teacher = saved["teacher"]
+    store = TeacherLogitStore.open(saved["path"], cache_dir=saved["cache"])
+    replay = StoredLogitsDataset(digits, store, epoch=1)
+    assert replay.num_labels == 10 and replay.recipe == RECIPE
+    batch = replay.collate_fn(replay.__getitems__([5, 0, 33]))
+    assert batch["teacher_topk_values"].dtype == torch.float32 and batch["teacher_topk_indices"].dtype == torch.int64
+    with torch.inference_mode():
+        values, indices = topk_probabilities(teacher(batch["pixel_values"]), 3)
+    assert torch.equal(indices, batch["teacher_topk_indices"])
+    assert (values.float() - batch["teacher_topk_values"]).abs().max() <= 1e-3  # float16 storage, other batch
+    dense = sparse_to_dense(batch["teacher_topk_values"], batch["teacher_topk_indices"], replay.num_labels)
+    torch.testing.assert_close(dense.sum(1), torch.ones(3))
+    report = check_teacher_logits(teacher, digits, store, num_samples=16, batch_size=8, epoch=1)
+    assert report["num_checked"] == 16 and report["index_mismatches"] == 0
+    assert report["max_abs_diff"] <= 1e-5
+
+
+def test_check_catches_a_teacher_that_changed(saved, digits):
+    store = TeacherLogitStore.open(saved["path"], cache_dir=saved["cache"])
+    report = check_teacher_logits(TinyTeacher(seed=1), digits, store, num_samples=8, batch_size=8)
+    assert report["max_abs_diff"] > 1e-3
+
+
+def test_epochs_follow_workers_and_cycle_past_the_saved_ones(saved, digits):
+    store = TeacherLogitStore.open(saved["path"], cache_dir=saved["cache"])
+    replay = StoredLogitsDataset(digits, store, epoch=0)
+    loader = DataLoader(replay, batch_size=16, num_workers=2, persistent_workers=True, collate_fn=replay.collate_fn)
+    seen = {}
+    for epoch in (0, 1, 2):
+        if epoch == 2:
+            with pytest.warns(UserWarning, match="epoch 2 was not saved"):
+                replay.set_epoch(epoch)
+        else:
+            replay.set_epoch(epoch)
+        seen[epoch] = torch.cat([b["teacher_topk_values"] for b in loader])
+    expected = {
+        e: torch.from_numpy(store.lookup(e, range(40))["teacher_topk_values"].astype(np.float32)) for e in (0, 1)
+    }
+    assert torch.equal(seen[0], expected[0]) and torch.equal(seen[1], expected[1])
+    assert replay.replay_epoch == 0 and torch.equal(seen[2], expected[0])  # epoch 2 replays saved epoch 2 % 2
+    assert not torch.equal(expected[0], expected[1])
+
+
+@pytest.mark.fault
+def test_interrupted_run_resumes_to_the_same_bytes(saved, digits, tmp_path):
+    class Interrupted(TinyTeacher):
+        def forward(self, pixel_values):
+            if self.calls >= 4:  # the probe, then three batches: chunk 0 of epoch 0 is complete
+                raise KeyboardInterrupt
+            return super().forward(pixel_values)
+
+    target = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        save_teacher_logits(Interrupted(), digits, target, **saved["kwargs"])
+    assert _shards(target) == ["data/epoch_0000/chunk_000000.parquet"]  # nothing partial is visible
+    assert json.load(open(os.path.join(target, "metadata.json")))["epochs"] == []
+    stale = os.path.join(target, "data/epoch_0000/chunk_000001.parquet.tmp-99999")  # as a killed writer leaves it
+    open(stale, "wb").write(b"PAR1 half a shard")
+    resumed = TinyTeacher()
+    save_teacher_logits(resumed, digits, target, **saved["kwargs"])
+    assert resumed.calls == 1 + 3 + 5  # the probe, epoch 0's chunks 1 and 2 (2 + 1 batches), all of epoch 1
+    assert _shards(target) == _shards(saved["path"])
+    for name in _shards(saved["path"]) + ["metadata.json", "README.md"]:
+        assert filecmp.cmp(os.path.join(target, name), os.path.join(saved["path"], name), shallow=False), name
+    again = TinyTeacher()
+    save_teacher_logits(again, digits, target, **saved["kwargs"])
+    assert again.calls == 1  # a complete store only costs the probe
+
+
+def test_refusals_before_work_is_lost(saved, digits, tmp_path):
+    kwargs = dict(saved["kwargs"])
+    with pytest.raises(ValueError, match="topk=11 exceeds the teacher's num_labels=10"):
+        save_teacher_logits(TinyTeacher(), digits, str(tmp_path / "a"), **{**kwargs, "topk": 11})
+
+    class Broken(TinyTeacher):
+        def forward(self, pixel_values):
+            logits = super().forward(pixel_values)
+            if self.calls > 1:
+                logits[2, 4] = float("nan")
+            return logits
+
+    with pytest.raises(ValueError, match=r"sample_id=\d+ \(epoch 0\) contains NaN or inf"):
+        save_teacher_logits(Broken(), digits, str(tmp_path / "b"), **kwargs)
+    assert not os.path.exists(tmp_path / "b" / "data")
+    with pytest.raises(ValueError, match="teacher_hash"):
+        save_teacher_logits(TinyTeacher(), digits, saved["path"], **{**kwargs, "teacher_hash": "another"})
+    with pytest.raises(ValueError, match="dataset_fingerprint"):
+        save_teacher_logits(TinyTeacher(), digits.shuffle(seed=0), saved["path"], **kwargs)
+    with pytest.raises(ValueError, match="recipe_fingerprint"):
+        save_teacher_logits(
+            TinyTeacher(), digits, saved["path"], **{**kwargs, "recipe": AugmentationRecipe.tinyvit_pretrain(20)}
+        )
+    with pytest.raises(ValueError, match="empty"):
+        save_teacher_logits(TinyTeacher(), digits.select([]), str(tmp_path / "c"), **kwargs)
+    with pytest.raises(ValueError, match="plain callable: pass teacher_hash"):
+        save_teacher_logits(lambda x: TinyTeacher()(x), digits, str(tmp_path / "e"), **{**kwargs, "teacher_name": None})
+    with pytest.raises(ValueError, match="chunk_size=15 must be even"):
+        save_teacher_logits(
+            TinyTeacher(),
+            digits,
+            str(tmp_path / "d"),
+            **{**kwargs, "recipe": AugmentationRecipe.deit(16), "chunk_size": 15},
+        )
+
+    store = TeacherLogitStore.open(saved["path"], cache_dir=saved["cache"])
+    check_student_compatible(store, 10)
+    with pytest.raises(ValueError, match="student num_labels=21841 differs from the store's num_labels=10"):
+        check_student_compatible(store, 21841)
+    with pytest.raises(ValueError, match="39 samples but store .* was built from 40"):
+        StoredLogitsDataset(digits.select(range(39)), store)
+    with pytest.raises(ValueError, match="fingerprint .* another dataset"):
+        StoredLogitsDataset(digits.shuffle(seed=1), store)
+    with pytest.raises(ValueError, match="differs from the store's"):
+        StoredLogitsDataset(digits, store, recipe=AugmentationRecipe.deit(16))
+    with pytest.raises(KeyError, match=r"epoch 7 is not in store .* saved epochs: \[0, 1\]"):
+        store.lookup(7, [0])
+    with pytest.raises(IndexError, match="sample_id=40 is outside"):
+        store.lookup(0, [40])
+
+
+def test_missing_records_and_shards_are_named(saved, digits, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(saved["path"], copy)
+    shard = os.path.join(copy, "data/epoch_0001/chunk_000001.parquet")
+    table = pq.read_table(shard)
+    pq.write_table(table.filter(np.array(table.column("sample_id").to_pylist()) != 20), shard)
+    store = TeacherLogitStore.open(copy, cache_dir=str(tmp_path / "cache"))
+    replay = StoredLogitsDataset(digits, store, epoch=1)
+    replay[19]
+    with pytest.raises(KeyError, match="no record for sample_id=20 in epoch 1"):
+        replay[20]
+    os.remove(os.path.join(copy, "data/epoch_0000/chunk_000002.parquet"))
+    with pytest.raises(FileNotFoundError, match="epoch 0 but 1 shard"):
+        TeacherLogitStore.open(copy)
+
+
+def test_push_to_hub_uploads_metadata_card_and_complete_shards_only(saved, monkeypatch, tmp_path):
+    import shutil
+
+    import huggingface_hub
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(saved["path"], copy)
+    open(os.path.join(copy, "data/epoch_0001/chunk_000009.parquet.tmp-123"), "w").close()
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["create"] = (repo_id, kwargs)
+
+        def upload_folder(self, **kwargs):
+            calls["upload"] = kwargs
+            matched = [
+                os.path.relpath(os.path.join(d, f), kwargs["folder_path"])
+                for d, _, fs in os.walk(kwargs["folder_path"])
+                for f in fs
+                if os.path.relpath(os.path.join(d, f), kwargs["folder_path"]) in kwargs["allow_patterns"]
+            ]
+            calls["files"] = sorted(matched)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    store = TeacherLogitStore.open(copy)
+    store.push_to_hub("someone/digits-logits", private=True)
+    assert calls["create"] == ("someone/digits-logits", {"repo_type": "dataset", "private": True, "exist_ok": True})
+    assert calls["upload"]["repo_type"] == "dataset"
+    assert calls["files"] == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
