@@ -1,0 +1,133 @@
+"""`DistillationTrainingArguments`: `TrainingArguments` plus the distillation settings (mode, teacher
+source, DeiT's alpha and tau, augmentation mixing, layer-wise lr decay, frozen BatchNorm), all checked
+before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["DISTILLATION_TYPES", "DistillationTrainingArguments"]
+
+DISTILLATION_TYPES = ("none", "hard", "soft", "stored")
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for `DistillationTrainer`.
+
+    Label smoothing reuses the parent's `label_smoothing_factor`: it already means "epsilon applied
+    to the ground-truth targets", which is exactly what DeiT's recipe smooths (Mixup/CutMix targets
+    included); a second field would only let the two disagree.
+    """
+
+    distillation_type: str = field(
+        default="none",
+        metadata={
+            "help": "none: plain training or fine-tuning on labels. hard / soft: DeiT's hard or soft distillation "
+            "from a live `teacher` or a `teacher_logits` store. stored: TinyViT's fast pretraining distillation, "
+            "cross-entropy against the stored sparse teacher distribution of the replayed view (no labels needed).",
+            "choices": list(DISTILLATION_TYPES),
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the teacher term in DeiT's soft loss, in [0, 1]."},
+    )
+    tau: float = field(
+        default=1.0,
+        metadata={"help": "Temperature of DeiT's soft loss, > 0."},
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Live teacher for hard/soft distillation: a transformers model folder, a Hub id, or "
+            "`timm:<model_name>` (with --teacher_weights). Loaded with hf_tinyvit.data.load_teacher."
+        },
+    )
+    teacher_weights: str | None = field(
+        default=None,
+        metadata={"help": "Weights file for a `timm:<name>` teacher (safetensors, or a .pth state dict)."},
+    )
+    teacher_logits: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stored teacher logits (a TeacherLogitStore folder or Hub dataset id). Required for "
+            "distillation_type=stored; for hard/soft it replaces a live teacher."
+        },
+    )
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Mixup beta-distribution alpha for online runs (0 disables), >= 0."},
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={"help": "CutMix beta-distribution alpha for online runs (0 disables), >= 0."},
+    )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Layer-wise learning-rate decay in (0, 1]: a layer at depth d of L gets lr * decay**(L - 1 - d), "
+            "the head keeps lr. 1 disables it. Needs a model with get_num_layers_for_lr_decay / "
+            "get_layer_id_for_lr_decay (TinyViT, DeiT-distilled)."
+        },
+    )
+    freeze_batchnorm: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep BatchNorm layers in eval mode (running statistics frozen, affine weights still trained), "
+            "as TinyViT's 21k->1k and higher-resolution fine-tuning recipes do."
+        },
+    )
+
+    def __post_init__(self):
+        # Our checks first: they are cheap and must fail before the parent sets up devices.
+        self._check_distillation_fields()
+        super().__post_init__()
+
+    def _check_distillation_fields(self) -> None:
+        if self.distillation_type not in DISTILLATION_TYPES:
+            raise ValueError(f"distillation_type={self.distillation_type!r} must be one of {list(DISTILLATION_TYPES)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must lie in [0, 1]")
+        if not self.tau > 0.0:
+            raise ValueError(f"tau={self.tau} must be > 0")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay={self.layer_lr_decay} must lie in (0, 1] (1 disables it)")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:
+            raise ValueError(f"label_smoothing_factor={self.label_smoothing_factor} must lie in [0, 1)")
+
+        mode = self.distillation_type
+        if self.teacher_weights is not None and self.teacher is None:
+            raise ValueError(
+                f"teacher_weights={self.teacher_weights!r} needs a teacher: pass --teacher timm:<model_name>"
+            )
+        if mode == "none" and (self.teacher is not None or self.teacher_logits is not None):
+            given = "teacher" if self.teacher is not None else "teacher_logits"
+            raise ValueError(
+                f"distillation_type='none' trains on labels only, but {given}={getattr(self, given)!r} was given; "
+                "pick distillation_type hard, soft or stored, or drop the teacher"
+            )
+        if mode == "stored":
+            if self.teacher_logits is None:
+                raise ValueError("distillation_type='stored' needs teacher_logits (a TeacherLogitStore path or Hub id)")
+            if self.teacher is not None:
+                raise ValueError(
+                    f"distillation_type='stored' runs no teacher, but teacher={self.teacher!r} was given; "
+                    "drop it, or use distillation_type hard/soft for a live teacher"
+                )
+        if self.teacher_logits is not None and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            raise ValueError(
+                f"mixup_alpha={self.mixup_alpha} / cutmix_alpha={self.cutmix_alpha} apply to online runs only: "
+                "with teacher_logits the views, Mixup/CutMix included, are replayed from the store's recipe"
+            )
+        if mode in ("hard", "soft") and self.teacher is not None and self.teacher_logits is not None:
+            raise ValueError(
+                f"distillation_type={mode!r} takes one teacher source, got both teacher={self.teacher!r} and "
+                f"teacher_logits={self.teacher_logits!r}"
+            )
+        # hard/soft with neither source is checked by DistillationTrainer, which may also get a teacher module.
