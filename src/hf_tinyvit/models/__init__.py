@@ -1,1 +1,6 @@
-"""Model families: TinyViT and DeiT with a distillation token."""
+"""Model families: TinyViT and DeiT with a distillation token. Importing this registers both with
+transformers' Auto classes."""
+
+from . import deit_distilled, tinyvit
+
+__all__ = ["deit_distilled", "tinyvit"]

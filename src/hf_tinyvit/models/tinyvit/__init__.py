@@ -1,1 +1,42 @@
-"""TinyViT as a transformers model family."""
+"""TinyViT as a transformers model family; importing it registers the Auto classes."""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+
+from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
+from .image_processing_tinyvit import BACKENDS, eval_preprocessing, tinyvit_image_processor
+from .modeling_tinyvit import (
+    TinyViTBackbone,
+    TinyViTForImageClassification,
+    TinyViTModel,
+    TinyViTPreTrainedModel,
+    attention_bias_index,
+    classification_loss,
+    resize_attention_bias_table,
+)
+
+AutoConfig.register(TinyViTConfig.model_type, TinyViTConfig, exist_ok=True)
+AutoModel.register(TinyViTConfig, TinyViTModel, exist_ok=True)
+AutoModelForImageClassification.register(TinyViTConfig, TinyViTForImageClassification, exist_ok=True)
+AutoBackbone.register(TinyViTConfig, TinyViTBackbone, exist_ok=True)
+# A registered mapping, no subclass: the ViT processors do TinyViT's preprocessing given its settings.
+AutoImageProcessor.register(TinyViTConfig, image_processor_classes=dict(BACKENDS), exist_ok=True)
+
+__all__ = [
+    "TINYVIT_PRESETS",
+    "TinyViTBackbone",
+    "TinyViTConfig",
+    "TinyViTForImageClassification",
+    "TinyViTModel",
+    "TinyViTPreTrainedModel",
+    "attention_bias_index",
+    "classification_loss",
+    "eval_preprocessing",
+    "resize_attention_bias_table",
+    "tinyvit_image_processor",
+]

@@ -1,0 +1,168 @@
+"""Pure state-dict maps from the reference TinyViT layouts (microsoft/Cream, timm) to ours.
+
+Used by conversion/convert_tinyvit_checkpoint.py, the tests and the benchmark; state dict in, state dict out.
+"""
+
+import re
+
+import torch
+
+from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
+
+# Cream keeps each patch merging at the end of the stage before it; timm (and we) put it at the start of
+# the stage it feeds, hence the +1 below. Cream's conv+BN pairs name the convolution `c`.
+_CREAM_TO_TIMM = [
+    (r"^patch_embed\.seq\.0\.", "patch_embed.conv1."),
+    (r"^patch_embed\.seq\.2\.", "patch_embed.conv2."),
+    (r"^layers\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample."),
+    (r"^layers\.(\d+)\.blocks\.", r"stages.\1.blocks."),
+    (r"\.c\.(weight|bias)$", r".conv.\1"),
+    (r"^norm_head\.", "head.norm."),
+    (r"^head\.(weight|bias)$", r"head.fc.\1"),
+]
+_TIMM_TO_CREAM = [
+    (r"^patch_embed\.conv1\.", "patch_embed.seq.0."),
+    (r"^patch_embed\.conv2\.", "patch_embed.seq.2."),
+    (r"^stages\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample."),
+    (r"^stages\.(\d+)\.blocks\.", r"layers.\1.blocks."),
+    (r"\.conv\.(weight|bias)$", r".c.\1"),
+    (r"^head\.norm\.", "norm_head."),
+    (r"^head\.fc\.(weight|bias)$", r"head.\1"),
+]
+_TIMM_TO_HF = [
+    (r"^patch_embed\.", "tinyvit.embeddings."),
+    (r"^stages\.(\d+)\.blocks\.", r"tinyvit.encoder.stages.\1.layers."),
+    (r"^stages\.(\d+)\.downsample\.", r"tinyvit.encoder.stages.\1.downsample."),
+    (r"\.attn\.norm\.", ".attention.layernorm."),
+    (r"\.attn\.qkv\.", ".attention.qkv."),
+    (r"\.attn\.proj\.", ".attention.projection."),
+    (r"\.attn\.attention_biases$", ".attention.attention_bias_table"),
+    (r"\.mlp\.norm\.", ".mlp.layernorm."),
+    (r"\.conv\.(weight|bias)$", r".convolution.\1"),
+    (r"\.bn\.", ".batch_norm."),
+    (r"^head\.norm\.", "tinyvit.layernorm."),
+    (r"^head\.fc\.", "classifier."),
+]
+# Index buffers some reference checkpoints carry: rebuilt from the config, never loaded.
+_DERIVED_BUFFER = re.compile(r"attention_bias_idxs$")
+_QKV = re.compile(r"^stages\.(\d+)\.blocks\.\d+\.attn\.qkv\.(weight|bias)$")
+_VARIANT = re.compile(r"^tiny_vit_(5m|11m|21m)_(224|384|512)(?:\.(\w+))?$")
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def cream_to_timm_key(key: str) -> str:
+    return _rename(key, _CREAM_TO_TIMM)
+
+
+def timm_to_cream_key(key: str) -> str:
+    return _rename(key, _TIMM_TO_CREAM)
+
+
+def timm_to_hf_key(key: str) -> str:
+    return _rename(key, _TIMM_TO_HF)
+
+
+def qkv_heads_interleaved_to_grouped(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder qkv rows from the reference's per-head (q, k, v) blocks to ours: all q, all k, all v.
+
+    Cream and timm split `qkv(x).view(B, N, heads, 3 * head_dim)` per head; we split
+    `view(B, N, 3, heads, head_dim)`, the usual transformers layout.
+    """
+    rows = tensor.shape[0]
+    if rows % (3 * num_heads):
+        raise ValueError(f"qkv with {rows} rows cannot hold 3 x num_heads={num_heads} equal blocks")
+    head_dim = rows // (3 * num_heads)
+    grouped = tensor.reshape(num_heads, 3, head_dim, *tensor.shape[1:]).transpose(0, 1)
+    return grouped.reshape(tensor.shape).contiguous()
+
+
+def qkv_heads_grouped_to_interleaved(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of `qkv_heads_interleaved_to_grouped`."""
+    head_dim = tensor.shape[0] // (3 * num_heads)
+    interleaved = tensor.reshape(3, num_heads, head_dim, *tensor.shape[1:]).transpose(0, 1)
+    return interleaved.reshape(tensor.shape).contiguous()
+
+
+def detect_layout(state_dict) -> str:
+    """"cream", "timm" or "hf" from the key names, or a ValueError that shows some of them."""
+    keys = list(state_dict)
+    if any(k.startswith(("layers.", "patch_embed.seq.")) for k in keys):
+        return "cream"
+    if any(k.startswith("stages.") for k in keys):
+        return "timm"
+    if any(k.startswith("tinyvit.") for k in keys):
+        return "hf"
+    raise ValueError(f"not a TinyViT checkpoint in Cream, timm or hf_tinyvit layout; first keys: {keys[:5]}")
+
+
+def timm_to_hf_state_dict(state_dict, config: TinyViTConfig) -> dict[str, torch.Tensor]:
+    """timm `TinyVit.state_dict()` -> `TinyViTForImageClassification` state dict (qkv rows regrouped)."""
+    converted = {}
+    for key, value in state_dict.items():
+        if _DERIVED_BUFFER.search(key):
+            continue
+        match = _QKV.match(key)
+        if match:
+            value = qkv_heads_interleaved_to_grouped(value, config.num_heads[int(match[1])])
+        converted[timm_to_hf_key(key)] = value
+    return converted
+
+
+def cream_to_timm_state_dict(state_dict) -> dict[str, torch.Tensor]:
+    return {cream_to_timm_key(k): v for k, v in state_dict.items() if not _DERIVED_BUFFER.search(k)}
+
+
+def timm_to_cream_state_dict(state_dict) -> dict[str, torch.Tensor]:
+    return {timm_to_cream_key(k): v for k, v in state_dict.items()}
+
+
+def to_hf_state_dict(state_dict, config: TinyViTConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """Any supported layout -> ours; returns the converted dict and the detected layout."""
+    layout = detect_layout(state_dict)
+    if layout == "cream":
+        state_dict = cream_to_timm_state_dict(state_dict)
+    if layout == "hf":
+        return dict(state_dict), layout
+    return timm_to_hf_state_dict(state_dict, config), layout
+
+
+def parse_variant(variant: str) -> tuple[str, str | None]:
+    """timm name (`tiny_vit_21m_384`, optionally `.dist_in22k`-style tag) -> (preset name, tag)."""
+    match = _VARIANT.match(variant)
+    if not match:
+        raise ValueError(
+            f"unknown TinyViT variant {variant!r}; expected tiny_vit_{{5m,11m,21m}}_{{224,384,512}}[.tag], "
+            "e.g. tiny_vit_5m_224 or tiny_vit_21m_224.dist_in22k"
+        )
+    preset = f"tinyvit-{match[1]}-{match[2]}"
+    assert preset in TINYVIT_PRESETS
+    return preset, match[3]
+
+
+def num_classes_of(state_dict) -> int:
+    """Classes of the classifier head in any supported layout."""
+    for key in ("head.fc.weight", "head.weight", "classifier.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    raise ValueError("checkpoint has no classifier head (head.fc.weight, head.weight or classifier.weight)")
+
+
+__all__ = [
+    "cream_to_timm_key",
+    "cream_to_timm_state_dict",
+    "detect_layout",
+    "num_classes_of",
+    "parse_variant",
+    "qkv_heads_grouped_to_interleaved",
+    "qkv_heads_interleaved_to_grouped",
+    "timm_to_cream_key",
+    "timm_to_cream_state_dict",
+    "timm_to_hf_key",
+    "timm_to_hf_state_dict",
+    "to_hf_state_dict",
+]
