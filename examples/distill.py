@@ -17,7 +17,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    set_seed,
+)
 
 import hf_tinyvit  # noqa: F401  (registers the model families with the Auto classes)
 from hf_tinyvit.data import (
@@ -190,6 +196,9 @@ def main(argv: list[str] | None = None) -> DistillationTrainer:
     eval_dataset = AugmentedDataset(eval_split, eval_recipe, seed=training_args.seed) if dataset_labels else None
 
     # DistillationTrainer checks the student's head against the store's classes before training.
+    # transformers initialises weights from torch's global generator: seed it, or a rerun (or the run a
+    # crashed one is compared with) starts from other weights. Trainer seeds only after the model exists.
+    set_seed(training_args.seed)
     model = build_model(model_args, image_size, num_labels, id2label)
     processor = build_image_processor(model, model_args, image_size, recipe)
 

@@ -45,6 +45,9 @@ _ERASE_MODES = ("const", "rand", "pixel")
 _CROP_MODES = ("random_resized", "center")
 # timm's RandAugment scale: magnitude M maps to a fraction M / 10 of each op's full range.
 _LEVEL_DENOM = 10.0
+# Caps on counts a hostile recipe could make endless: erasing boxes per view, RandAugment layers.
+_MAX_ERASE_COUNT = 64
+_MAX_RAND_AUGMENT_LAYERS = 64
 
 
 def _seed_from(*parts: int | str) -> int:
@@ -90,7 +93,12 @@ def _parse_rand_augment(spec: str) -> _RandAugmentSpec:
                 "mstd<float>, mmax<int>, inc<0|1>"
             )
         key, value = match.groups()
-        values[key] = float(value)
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ValueError(f"auto_augment={spec!r}: section {section!r} does not hold a number") from None
+    if not 0 <= values.get("n", 2) <= _MAX_RAND_AUGMENT_LAYERS or values.get("n", 2) != int(values.get("n", 2)):
+        raise ValueError(f"auto_augment={spec!r}: n must be an integer in [0, {_MAX_RAND_AUGMENT_LAYERS}]")
     mstd = values.get("mstd", 0.0)
     return _RandAugmentSpec(
         magnitude=values.get("m", _LEVEL_DENOM),
@@ -135,6 +143,26 @@ class AugmentationRecipe:
     crop_pct: float = 0.875
 
     def __post_init__(self):
+        # Recipes also arrive as JSON from a store's metadata: check types before any arithmetic on them.
+        for name in ("hflip", "reprob", "mixup_alpha", "cutmix_alpha", "mixup_prob", "switch_prob", "crop_pct"):
+            if not _is_real(getattr(self, name)):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be a finite number")
+        for name in ("scale", "ratio", "mean", "std", "color_jitter"):
+            value = getattr(self, name)
+            if name == "color_jitter" and _is_real(value):
+                continue
+            if not (isinstance(value, (tuple, list)) and all(_is_real(v) for v in value)):
+                raise TypeError(f"{name}={value!r} must be a list of finite numbers")
+        for name in ("image_size", "recount"):
+            if not _is_int(getattr(self, name)):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be an integer")
+        for name in ("interpolation", "remode", "crop_mode"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}={getattr(self, name)!r} must be a string")
+        if self.auto_augment is not None and not isinstance(self.auto_augment, str):
+            raise TypeError(
+                f"auto_augment={self.auto_augment!r} must be a RandAugment string such as 'rand-m9-mstd0.5' or None"
+            )
         # JSON round trips turn tuples into lists; normalise so equal recipes compare and hash equal.
         for name in ("scale", "ratio", "mean", "std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -155,8 +183,8 @@ class AugmentationRecipe:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         if self.remode not in _ERASE_MODES:
             raise ValueError(f"remode={self.remode!r} must be one of {_ERASE_MODES}")
-        if self.recount < 1:
-            raise ValueError(f"recount={self.recount} must be >= 1")
+        if not 1 <= self.recount <= _MAX_ERASE_COUNT:
+            raise ValueError(f"recount={self.recount} must lie in [1, {_MAX_ERASE_COUNT}]")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha={self.mixup_alpha} and cutmix_alpha={self.cutmix_alpha} must be >= 0")
         jitter = self._jitter_ranges()
@@ -459,11 +487,80 @@ def _sample_erasing(draws: _Uniforms, recipe: AugmentationRecipe) -> tuple[tuple
     return tuple(boxes)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return numeric and math.isfinite(value)
+
+
+def _check_box(box, height: int, width: int, what: str) -> None:
+    if not (isinstance(box, (tuple, list)) and len(box) == 4 and all(_is_int(v) for v in box)):
+        raise ValueError(f"{what}={box!r} must be four integers (top, left, height, width)")
+    top, left, h, w = box
+    if not (h >= 1 and w >= 1 and 0 <= top and top + h <= height and 0 <= left and left + w <= width):
+        raise ValueError(f"{what}={tuple(box)} does not fit a {height} x {width} image")
+
+
+# Argument ranges the kernels accept; a decoded seed always lands inside them.
+_ARGUMENT_RANGES = {
+    "Posterize": (0, 8), "Solarize": (0, 256), "SolarizeAdd": (0, 255), "Color": (0, math.inf),
+    "Contrast": (0, math.inf), "Brightness": (0, math.inf), "Sharpness": (0, math.inf),
+}  # fmt: skip
+_JITTER_RANGES = {
+    "brightness": (0, math.inf), "contrast": (0, math.inf), "saturation": (0, math.inf), "hue": (-0.5, 0.5),
+}  # fmt: skip
+
+
+def _check_params(params: AugmentationParams, height: int, width: int, size: int) -> None:
+    """Refuse parameters that no seed decodes to (hand-made or corrupt), naming the bad field.
+
+    Without this, torchvision would fail deep in a kernel, or silently pad a crop that lies outside
+    the image, and a replay would not be the teacher's view.
+    """
+    if not isinstance(params, AugmentationParams):
+        raise TypeError(f"params must be AugmentationParams, got {type(params).__name__}")
+    if params.crop is not None:
+        _check_box(params.crop, height, width, "crop")
+    if params.interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation={params.interpolation!r} must be one of {tuple(_INTERPOLATIONS)}")
+    if not isinstance(params.hflip, (bool, np.bool_)):
+        raise ValueError(f"hflip={params.hflip!r} must be a bool")
+    for op in params.ops:
+        if not isinstance(op, RandAugmentOp) or op.name not in _LEVEL_TO_ARGUMENT:
+            raise ValueError(f"RandAugment op {op!r} is not one of {sorted(_LEVEL_TO_ARGUMENT)}")
+        needs_argument = _LEVEL_TO_ARGUMENT[op.name] is not None
+        if needs_argument != (op.argument is not None) or (needs_argument and not _is_real(op.argument)):
+            takes = "a finite number" if needs_argument else "none"
+            raise ValueError(f"op {op.name} has argument={op.argument!r}; it takes {takes}")
+        low, high = _ARGUMENT_RANGES.get(op.name.removesuffix("Increasing"), (-math.inf, math.inf))
+        if needs_argument and not low <= op.argument <= high:
+            raise ValueError(f"op {op.name} has argument={op.argument}; accepted: [{low}, {high}]")
+    for entry in params.color_jitter:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in _JITTER_RANGES):
+            raise ValueError(
+                f"color_jitter entry {entry!r} must be (name, factor) with a name in {tuple(_JITTER_RANGES)}"
+            )
+        low, high = _JITTER_RANGES[entry[0]]
+        if not (_is_real(entry[1]) and low <= entry[1] <= high):
+            raise ValueError(f"color_jitter {entry[0]}={entry[1]!r}; accepted: [{low}, {high}]")
+    for box in params.erase_boxes:
+        _check_box(box, size, size, "erase box")
+    if not (_is_int(params.erase_seed) and 0 <= params.erase_seed < 2**63):
+        raise ValueError(f"erase_seed={params.erase_seed!r} must be an integer in [0, 2**63)")
+
+
 def sample_augmentation(recipe: AugmentationRecipe, aug_seed: int, height: int, width: int) -> AugmentationParams:
     """Draw the parameters of one view of a `height` x `width` source image from its uint32 seed.
 
     Pure: the same recipe, seed and source size give the same parameters in any process.
     """
+    if not (_is_int(aug_seed) and 0 <= aug_seed < 2**32):
+        raise ValueError(f"aug_seed={aug_seed!r} must be an integer in [0, 2**32)")
+    if not (_is_int(height) and _is_int(width) and height >= 1 and width >= 1):
+        raise ValueError(f"source size {height!r} x {width!r} must be positive integers")
     if recipe.crop_mode == "center":
         return AugmentationParams(crop=None, interpolation=recipe.interpolation)
     draws = _Uniforms(aug_seed)
@@ -493,6 +590,7 @@ def apply_augmentation(image: torch.Tensor, params: AugmentationParams, recipe: 
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
     size = recipe.image_size
+    _check_params(params, image.shape[1], image.shape[2], size)
     mode = _INTERPOLATIONS[params.interpolation]
     if params.crop is None:
         image = TF.resize(image, [int(math.floor(size / recipe.crop_pct))], interpolation=mode, antialias=True)

@@ -3,7 +3,9 @@ and a content fingerprint that ties a teacher-logit store to the exact dataset i
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -13,7 +15,7 @@ from PIL import Image
 
 import datasets
 
-__all__ = ["load_image_dataset", "digits_dataset", "dataset_fingerprint", "image_to_tensor"]
+__all__ = ["load_image_dataset", "digits_dataset", "dataset_fingerprint", "describe_sample", "image_to_tensor"]
 
 _DIGITS_TEST_SIZE = 600
 
@@ -64,6 +66,14 @@ def load_image_dataset(name: str, *, seed: int = 0) -> datasets.DatasetDict:
         os.path.exists(os.path.join(name, "dataset_dict.json"))
         or os.path.exists(os.path.join(name, "dataset_info.json"))
     ):
+        # datasets cannot load a saved split of zero rows (an IndexError deep in its table code): name it here
+        for state in glob.glob(os.path.join(glob.escape(name), "**", "state.json"), recursive=True):
+            with open(state) as handle:
+                if not json.load(handle).get("_data_files", True):
+                    split = os.path.relpath(os.path.dirname(state), name)
+                    raise ValueError(
+                        f"dataset {name!r} has an empty {split!r} split: there is nothing to train on or save"
+                    )
         loaded = datasets.load_from_disk(name)
     else:
         loaded = datasets.load_dataset(name)
@@ -71,6 +81,8 @@ def load_image_dataset(name: str, *, seed: int = 0) -> datasets.DatasetDict:
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
         raise ValueError(f"dataset {name!r} has splits {list(loaded)}; a 'train' split is required")
+    if len(loaded["train"]) == 0:
+        raise ValueError(f"dataset {name!r} has an empty 'train' split: there is nothing to train on or save")
     if "test" not in loaded and "validation" not in loaded:
         split = loaded["train"].train_test_split(test_size=0.1, seed=seed)
         loaded = datasets.DatasetDict({"train": split["train"], "test": split["test"]})
@@ -90,20 +102,55 @@ def dataset_fingerprint(dataset: datasets.Dataset, image_column: str = "image", 
     digest = hashlib.sha256(str(size).encode())
     if size:
         probes = sorted({int(i) for i in np.linspace(0, size - 1, num=min(num_probes, size))})
-        for image in dataset.select_columns([image_column])[probes][image_column]:
-            pixels = image_to_tensor(image)
+        column = dataset.select_columns([image_column])
+        for index in probes:
+            try:
+                pixels = image_to_tensor(column[index][image_column])
+            except Exception as error:  # PIL, datasets and numpy raise their own types; name the sample
+                where = describe_sample(dataset, image_column, index)
+                raise ValueError(f"cannot read the image of {where}: {error}") from error
             digest.update(f"|{tuple(pixels.shape)}|".encode())
             digest.update(pixels.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
+def describe_sample(dataset, image_column: str, index: int) -> str:
+    """`sample_id=N`, plus the image file when the dataset keeps one (an image folder), for error messages."""
+    path = None
+    try:
+        raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+        path = raw[int(index)][image_column].get("path")
+    except Exception:  # an in-memory or non-`datasets` source has no file to name
+        pass
+    return f"sample_id={index}" + (f" ({path})" if path else "")
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit samples scaled to 8 bits; PIL's own conversion clips them, turning most of an image white."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype in (np.uint16, np.int32, np.int16, np.dtype(">u2"), np.dtype("<u2")):
+        return np.rint(np.clip(pixels.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+    raise ValueError(f"cannot read {pixels.dtype} pixels; accepted: 8-bit images (any PIL mode) and 16-bit ones")
+
+
 def image_to_tensor(image) -> torch.Tensor:
-    """A PIL image (any mode) or an array/tensor as a uint8 RGB (3, H, W) tensor."""
+    """A PIL image or an array/tensor as a uint8 RGB (3, H, W) tensor.
+
+    Every 8-bit PIL mode (L, LA, P, RGBA, CMYK, YCbCr, ...) goes through PIL's RGB conversion, alpha
+    dropped; 16-bit grayscale (I;16, or I holding 0..65535 as PNG gives it) is scaled to 0..255.
+    """
     if isinstance(image, Image.Image):
+        if image.mode.startswith("I") or image.mode == "F":
+            if image.mode == "F":
+                raise ValueError("cannot read a floating-point (mode F) image; accepted: 8-bit and 16-bit images")
+            gray = _to_uint8(np.asarray(image))
+            return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
         if image.mode != "RGB":
             image = image.convert("RGB")
         return TF.pil_to_tensor(image)
-    tensor = torch.as_tensor(np.asarray(image))
+    array = np.asarray(image)
+    tensor = torch.as_tensor(array if array.dtype != np.uint16 else _to_uint8(array))
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(-1)
     if tensor.dim() != 3:

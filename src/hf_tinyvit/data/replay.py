@@ -22,7 +22,7 @@ from .augment import (
     sample_augmentation,
     sample_mix,
 )
-from .images import dataset_fingerprint, image_to_tensor
+from .images import dataset_fingerprint, describe_sample, image_to_tensor
 from .store import TeacherLogitStore
 
 __all__ = ["AugmentedDataset", "StoredLogitsDataset", "PairedSampler", "collate_views"]
@@ -40,6 +40,28 @@ def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.T
             values = [v if v.dim() == 1 else torch.nn.functional.one_hot(v, num_labels).float() for v in values]
         batch[key] = torch.stack(values)
     return batch
+
+
+def _check_label_range(dataset, label_column: str, num_labels: int) -> None:
+    """Refuse labels outside [0, num_labels) at construction, not hours into training at the first bad batch.
+
+    Only `datasets` tables are scanned (one Arrow column, cheap even for ImageNet-21k); other
+    datasets are checked item by item as they are read.
+    """
+    if not hasattr(dataset, "with_format"):
+        return
+    import pyarrow.compute as pc
+
+    labels = dataset.select_columns([label_column]).with_format("arrow")[:][label_column]
+    if len(labels) == 0:
+        return
+    bad = pc.or_(pc.less(labels, 0), pc.greater_equal(labels, num_labels))
+    if pc.any(bad).as_py():
+        index = pc.index(bad, True).as_py()
+        raise ValueError(
+            f"sample_id={index} has {label_column}={labels[index].as_py()}; accepted: 0..{num_labels - 1} "
+            f"(num_labels={num_labels})"
+        )
 
 
 class AugmentedDataset(Dataset):
@@ -77,6 +99,8 @@ class AugmentedDataset(Dataset):
             num_labels = getattr(dataset.features[label_column], "num_classes", None)
         if recipe.mixes and label_column is not None and num_labels is None:
             raise ValueError("Mixup/CutMix mixes labels: pass num_labels (the label column is not a ClassLabel)")
+        if num_labels is not None and label_column is not None:
+            _check_label_range(dataset, label_column, int(num_labels))
         self.dataset = dataset
         self.recipe = recipe
         self.seed = int(seed)
@@ -119,8 +143,11 @@ class AugmentedDataset(Dataset):
             row = self.dataset[sample_id]
             image = image_to_tensor(row[self.image_column])
         except Exception as error:  # decoding errors come from PIL, datasets or numpy alike
-            raise ValueError(f"cannot read the image of sample_id={sample_id}: {error}") from error
+            where = describe_sample(self.dataset, self.image_column, sample_id)
+            raise ValueError(f"cannot read the image of {where}: {error}") from error
         label = None if self.label_column is None else int(row[self.label_column])
+        if label is not None and self.num_labels is not None and not 0 <= label < self.num_labels:
+            raise ValueError(f"sample_id={sample_id} has label={label}; accepted: 0..{self.num_labels - 1}")
         return image, label
 
     def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:

@@ -181,6 +181,10 @@ def save_teacher_logits(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
+        # temporary metadata or card files of a killed run: only the main process writes those
+        for name in (METADATA_NAME, "README.md"):
+            for stale in glob.glob(glob.escape(os.path.join(output_dir, name)) + ".tmp-*"):
+                os.remove(stale)
         metadata["epochs"] = _complete_epochs(output_dir, num_chunks)
         write_json_atomic(metadata_path, metadata)
     accelerator.wait_for_everyone()
@@ -248,8 +252,11 @@ def save_teacher_logits(
             # only complete epochs are listed, so a reader never meets a half-saved one
             metadata["epochs"] = _complete_epochs(output_dir, num_chunks)
             write_json_atomic(metadata_path, metadata)
-            with open(os.path.join(output_dir, "README.md"), "w") as handle:
+            # the card too goes through a temporary name: a kill mid-write must not leave half a card behind
+            card_tmp = os.path.join(output_dir, f"README.md.tmp-{os.getpid()}")
+            with open(card_tmp, "w") as handle:
                 handle.write(dataset_card(metadata))
+            os.replace(card_tmp, os.path.join(output_dir, "README.md"))
         accelerator.wait_for_everyone()
     bar.close()
     if accelerator.is_main_process and metadata["epochs"]:

@@ -139,14 +139,58 @@ def read_metadata(path: str) -> dict[str, Any]:
     if not os.path.exists(metadata_path):
         raise FileNotFoundError(f"{path!r} is not a teacher-logit store: {METADATA_NAME} is missing")
     with open(metadata_path) as handle:
-        metadata = json.load(handle)
+        try:
+            metadata = json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"store {path!r}: {METADATA_NAME} is not valid JSON ({error})") from error
+    if not isinstance(metadata, dict):
+        raise ValueError(f"store {path!r}: {METADATA_NAME} holds a {type(metadata).__name__}, not an object")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"store {path!r} has format_version={metadata.get('format_version')}; this version reads {FORMAT_VERSION}"
         )
+    _check_metadata(path, metadata)
     # JSON keys are strings; the rest of the stack (transformers configs) keys id2label by int
     metadata["id2label"] = {int(k): v for k, v in (metadata.get("id2label") or {}).items()}
     return metadata
+
+
+def _check_metadata(path: str, metadata: dict[str, Any]) -> None:
+    """Refuse metadata whose fields have the wrong type or contradict each other, naming the field.
+
+    A store may come from the Hub: its metadata is input like any other, and a wrong `topk` or
+    `dataset_size` would otherwise surface as a wrong-size target deep inside training.
+    """
+
+    def fail(field: str, accepted: str):
+        raise ValueError(f"store {path!r}: {METADATA_NAME} has {field}={metadata.get(field)!r}; expected {accepted}")
+
+    def is_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for field in ("teacher_name", "teacher_hash", "recipe_fingerprint", "dataset_fingerprint"):
+        if not isinstance(metadata.get(field), str):
+            fail(field, "a string")
+    for field in ("num_labels", "dataset_size", "chunk_size", "num_chunks", "num_epochs", "topk"):
+        if not (is_int(metadata.get(field)) and metadata[field] >= 1):
+            fail(field, "an integer >= 1")
+    if not (is_int(metadata.get("seed")) and metadata["seed"] >= 0):
+        fail("seed", "an integer >= 0")
+    if metadata["topk"] > metadata["num_labels"]:
+        fail("topk", f"at most num_labels={metadata['num_labels']}")
+    if metadata["num_chunks"] != -(-metadata["dataset_size"] // metadata["chunk_size"]):
+        fail("num_chunks", "ceil(dataset_size / chunk_size)")
+    if not isinstance(metadata.get("recipe"), dict):
+        fail("recipe", "an object of AugmentationRecipe fields")
+    epochs = metadata.get("epochs")
+    if not (isinstance(epochs, list) and all(is_int(e) and e >= 0 for e in epochs) and epochs == sorted(set(epochs))):
+        fail("epochs", "a sorted list of distinct epoch numbers >= 0")
+    id2label = metadata.get("id2label")
+    if id2label is not None and not (
+        isinstance(id2label, dict)
+        and all(isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in id2label.items())
+    ):
+        fail("id2label", "an object mapping class numbers to names")
 
 
 def identity_mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
@@ -179,7 +223,11 @@ def dataset_card(metadata: dict[str, Any]) -> str:
 class _EpochRows:
     """Random access by sample id into one epoch of a store, over a memory-mapped Arrow table."""
 
-    def __init__(self, dataset: datasets.Dataset, dataset_size: int, epoch: int, path: str):
+    def __init__(
+        self, dataset: datasets.Dataset, dataset_size: int, epoch: int, path: str, topk: int, num_labels: int
+    ):
+        self.topk = topk
+        self.num_labels = num_labels
         self.dataset = dataset
         self.epoch = epoch
         self.path = path
@@ -209,6 +257,18 @@ class _EpochRows:
         for chunk in columns["sample_id"]:
             starts.append(offset)
             offset += len(chunk)
+        for name, limit in (("teacher_topk_values", None), ("teacher_topk_indices", self.num_labels)):
+            for part in columns[name]:
+                if part.size and part.shape[1] != self.topk:
+                    raise ValueError(
+                        f"store {self.path!r} epoch {self.epoch}: {name} rows hold {part.shape[1]} entries; "
+                        f"the metadata says topk={self.topk}"
+                    )
+                if limit is not None and part.size and int(part.max()) >= limit:
+                    raise ValueError(
+                        f"store {self.path!r} epoch {self.epoch}: a class index {int(part.max())} is outside "
+                        f"the metadata's num_labels={limit}"
+                    )
         sample_ids = np.concatenate(columns["sample_id"]) if columns["sample_id"] else np.zeros(0, np.int64)
         if len(sample_ids) and (sample_ids.min() < 0 or sample_ids.max() >= self.dataset_size):
             raise ValueError(
@@ -322,7 +382,9 @@ class TeacherLogitStore:
             dataset = datasets.load_dataset(
                 "parquet", data_files={split: self.shard_files(epoch)}, split=split, cache_dir=self.cache_dir
             )
-            self._epochs[epoch] = _EpochRows(dataset, int(self.metadata["dataset_size"]), epoch, self.path)
+            self._epochs[epoch] = _EpochRows(
+                dataset, int(self.metadata["dataset_size"]), epoch, self.path, self.topk, self.num_labels
+            )
         return self._epochs[epoch]
 
     def lookup(self, epoch: int, sample_ids: Iterable[int]) -> dict[str, np.ndarray]:

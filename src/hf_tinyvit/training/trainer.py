@@ -4,6 +4,7 @@ sparse teacher logits, DeiT's hard and soft distillation from a live or stored t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -478,7 +479,16 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             from .cards import write_trainer_model_card
 
-            write_trainer_model_card(self, output_dir if output_dir is not None else self.args.output_dir)
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            # Trainer pickles the whole TrainingArguments into training_args.bin, which only an unsafe
+            # torch.load reads and which nothing reads on resume: keep the same record as JSON instead,
+            # so that a model folder holds safetensors and JSON only.
+            pickled = os.path.join(output_dir, "training_args.bin")
+            if os.path.exists(pickled):
+                os.remove(pickled)
+            with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
+                handle.write(self.args.to_json_string())
+            write_trainer_model_card(self, output_dir)
 
     def create_model_card(
         self,
