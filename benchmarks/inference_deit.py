@@ -1,5 +1,5 @@
 """Inference throughput of distilled DeiT-Ti/S: hf_tinyvit vs timm vs transformers'
-DeiTForImageClassificationWithTeacher on the same (random) weights, one timed run each.
+DeiTForImageClassificationWithTeacher on the same (random) weights, medians of interleaved calls.
 
     python benchmarks/inference_deit.py [--variants tiny small] [--batch-size 16] [--iterations 10]
 """
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import time
+import os
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_tinyvit.models.deit_distilled import DeiTDistilledForImageClassification
 
 _CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_deit_checkpoint.py"
@@ -33,26 +35,31 @@ def _converter():
 
 
 def images_per_second(forwards: dict, pixel_values: torch.Tensor, warmup: int, iterations: int) -> dict[str, float]:
-    """Images per second of each `forward(pixel_values)`, timed in interleaved rounds so that load from
-    other processes on the machine falls on every implementation alike."""
-    elapsed = dict.fromkeys(forwards, 0.0)
+    """Images per second of each `forward(pixel_values)` from the median of interleaved calls, so that
+    load from other processes on the machine falls on every implementation alike."""
+    from _common import interleaved_medians
+
+    sync = torch.cuda.synchronize if pixel_values.is_cuda else None
     with torch.inference_mode():
-        for _ in range(warmup):
-            for forward in forwards.values():
-                forward(pixel_values)
-        for _ in range(iterations):
-            for name, forward in forwards.items():
-                start = time.perf_counter()
-                forward(pixel_values)
-                elapsed[name] += time.perf_counter() - start
-    return {name: pixel_values.shape[0] * iterations / seconds for name, seconds in elapsed.items()}
+        timings = interleaved_medians(
+            {name: (lambda f=forward: f(pixel_values)) for name, forward in forwards.items()},
+            repeats=iterations, warmup=warmup, sync=sync,
+        )  # fmt: skip
+    return {name: pixel_values.shape[0] / timing["median_s"] for name, timing in timings.items()}
 
 
 def benchmark_deit(
-    variants=("tiny", "small"), batch_size: int = 16, warmup: int = 2, iterations: int = 10, seed: int = 0
+    variants=("tiny", "small"),
+    batch_size: int = 16,
+    warmup: int = 2,
+    iterations: int = 10,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> list[dict]:
-    """One row per variant and implementation: images/s on CPU in fp32 at 224, with the largest logit
-    difference to timm so that the three are known to compute the same function."""
+    """One row per variant and implementation: images/s at 224 (CPU fp32 by default), with the largest
+    logit difference to timm (in fp32, before the cast) so that the three are known to compute the same
+    function."""
     import timm
 
     convert = _converter()
@@ -80,7 +87,9 @@ def benchmark_deit(
             differences = {
                 impl: float((forward(pixel_values) - expected).abs().max()) for impl, forward in implementations.items()
             }
-        throughput = images_per_second(implementations, pixel_values, warmup, iterations)
+        for module in (reference, ours, stock):
+            module.to(device, dtype)
+        throughput = images_per_second(implementations, pixel_values.to(device, dtype), warmup, iterations)
         for implementation in implementations:
             rows.append(
                 dict(
@@ -90,6 +99,8 @@ def benchmark_deit(
                     images_per_second=round(throughput[implementation], 1),
                     max_abs_logit_difference_to_timm=differences[implementation],
                     threads=torch.get_num_threads(),
+                    device=device,
+                    dtype=str(dtype).removeprefix("torch."),
                 )
             )
     return rows
@@ -101,9 +112,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
-    rows = benchmark_deit(args.variants, args.batch_size, args.warmup, args.iterations)
+    dtype = getattr(torch, args.dtype)
+    rows = benchmark_deit(args.variants, args.batch_size, args.warmup, args.iterations, device=args.device, dtype=dtype)
     print(f"{'model':<36}{'implementation':<16}{'images/s':>10}{'max |dlogit|':>14}")
     for row in rows:
         print(
