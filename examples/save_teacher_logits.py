@@ -57,7 +57,9 @@ def main(argv=None) -> None:
     # every rank reports the shards it wrote, so a launch can show that all of them took part
     logging.getLogger("hf_tinyvit.data.saving").setLevel(logging.INFO)
     recipe = RECIPES[args.recipe](args.image_size)
-    dataset = load_image_dataset(args.dataset_name, seed=args.seed)[args.split]
+    # The split is fixed (split seed 0), as in distill.py: --seed drives the augmentation only, so a store
+    # saved with any --seed matches the dataset a student trains on.
+    dataset = load_image_dataset(args.dataset_name)[args.split]
     teacher = load_teacher(args.teacher, weights=args.teacher_weights, input_mean=recipe.mean, input_std=recipe.std)
     path = save_teacher_logits(
         teacher,
