@@ -350,11 +350,11 @@ def plot(summary: dict, path: Path) -> None:
                 history = row["history_mean"]
                 ax.plot(range(1, len(history) + 1), [100 * a for a in history], marker="o", label=key.split("/", 1)[1])
         ax.axhline(100 * summary["teacher_accuracy_mean"], color="k", linestyle="--", label="teacher")
-        ax.set_title(f"{setting} labels")
+        ax.set_title("clean labels" if setting == "clean" else f"hard samples: {100 * summary['settings']['noise']:.0f}% wrong labels")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
