@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -221,6 +222,11 @@ def test_store_missing_an_epoch_replays_a_saved_one_with_a_warning(store, tmp_pa
     replay = StoredLogitsDataset(dataset, saved, label_column=None)
     with pytest.warns(UserWarning, match=r"epoch 1 was not saved .* \(saved: \[0, 2\]\); replaying saved epoch 2"):
         replay.set_epoch(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per dataset, not once per unsaved epoch of a long run
+        replay.set_epoch(3)
+    assert replay.replay_epoch == 2
+    replay.set_epoch(1)
     item = replay[3]
     stored = torch.from_numpy(saved.lookup(2, [3])["teacher_topk_values"][0]).float()
     assert torch.equal(item["teacher_topk_values"], stored)

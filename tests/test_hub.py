@@ -2,7 +2,13 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from hf_tinyvit.hub import check_state_dict, imagenet_id2label, load_state_dict, write_model_card
+from hf_tinyvit.hub import (
+    check_state_dict,
+    imagenet_id2label,
+    load_state_dict,
+    map_state_dict_by_order,
+    write_model_card,
+)
 
 
 class _NotATensor:
@@ -35,6 +41,44 @@ def test_check_state_dict_lists_every_problem():
     text = str(err.value)
     assert "1 missing: c" in text and "1 unexpected: d" in text and "b: expected (3,), got (4,)" in text
     check_state_dict(expected, {k: torch.zeros(v.shape) for k, v in expected.items()})
+
+
+def _conv_bn(prefix_conv: str, prefix_bn: str, counters: bool) -> dict:
+    state = {f"{prefix_conv}.weight": torch.randn(4, 3, 3, 3)}
+    state.update({f"{prefix_bn}.{k}": torch.randn(4) for k in ("weight", "bias", "running_mean", "running_var")})
+    if counters:
+        state[f"{prefix_bn}.num_batches_tracked"] = torch.tensor(7)
+    state["head.weight"] = torch.randn(10, 4)
+    return state
+
+
+def test_map_state_dict_by_order_renames_and_keeps_the_targets_counters():
+    target = _conv_bn("conv_stem", "bn1", counters=True)
+    target["bn1.num_batches_tracked"] = torch.tensor(0)
+    source = _conv_bn("_conv_stem", "_bn0", counters=False)  # an exporter that dropped the counters
+    source["_fc.weight"] = source.pop("head.weight")
+    mapped = map_state_dict_by_order(target, source)
+    assert list(mapped) == list(target)
+    assert mapped["bn1.running_var"] is source["_bn0.running_var"] and mapped["head.weight"] is source["_fc.weight"]
+    assert mapped["bn1.num_batches_tracked"].item() == 0
+
+
+def test_map_state_dict_by_order_lists_every_mismatch():
+    target = _conv_bn("conv", "bn", counters=True)
+    short = dict(list(_conv_bn("c", "b", counters=True).items())[1:])  # lost the conv weight: all shifted
+    with pytest.raises(ValueError) as err:
+        map_state_dict_by_order(target, short, what="ckpt.pth")
+    text = str(err.value)
+    assert "ckpt.pth cannot be mapped onto the model by order" in text
+    assert "5 tensors against the model's 6 (num_batches_tracked not counted)" in text
+    assert "#0 b.weight (4,) -> conv.weight (4, 3, 3, 3)" in text
+
+    swapped = _conv_bn("c", "b", counters=True)
+    order = ["c.weight", "b.bias", "b.weight", "b.running_mean", "b.running_var", "head.weight"]
+    swapped = {k: swapped[k] for k in order}
+    with pytest.raises(ValueError, match=r"#1 b.bias \(4,\) -> bn.weight \(4,\)"):
+        map_state_dict_by_order(target, swapped)  # same shapes, but a bias would land on a weight
+    assert map_state_dict_by_order(target, swapped, check_leaf_names=False)["bn.weight"] is swapped["b.bias"]
 
 
 def test_imagenet_label_maps():

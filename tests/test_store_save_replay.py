@@ -14,8 +14,10 @@ from torch.utils.data import DataLoader
 import datasets
 from hf_tinyvit.data import (
     AugmentationRecipe,
+    AugmentedDataset,
     StoredLogitsDataset,
     TeacherLogitStore,
+    ViewCache,
     augmentation_seed,
     check_student_compatible,
     check_teacher_logits,
@@ -278,3 +280,72 @@ def test_push_to_hub_uploads_metadata_card_and_complete_shards_only(saved, monke
     assert calls["create"] == ("someone/digits-logits", {"repo_type": "dataset", "private": True, "exist_ok": True})
     assert calls["upload"]["repo_type"] == "dataset"
     assert calls["files"] == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
+
+
+# ---- the view cache --------------------------------------------------------------------------------------
+
+
+def _epoch_items(dataset, epoch):
+    dataset.set_epoch(epoch)
+    return dataset.__getitems__(list(range(len(dataset))))
+
+
+def test_view_cache_changes_no_pixel_and_serves_cycled_epochs(saved, digits):
+    store = TeacherLogitStore.open(saved["path"], cache_dir=saved["cache"])
+    cache = ViewCache()
+    plain = StoredLogitsDataset(digits, store)
+    cached = StoredLogitsDataset(digits, store, view_cache=cache)
+    with pytest.warns(UserWarning, match="epoch 2 was not saved"):
+        for epoch in (0, 1, 2, 3):  # 2 and 3 replay the two saved epochs: the second time round is all hits
+            expected = _epoch_items(plain, epoch)
+            got = _epoch_items(cached, epoch)
+            for want, item in zip(expected, got):
+                assert want.keys() == item.keys()
+                for key in want:
+                    assert torch.equal(want[key], item[key]), (epoch, key)
+    assert (cache.misses, cache.hits, len(cache)) == (2 * len(digits), 2 * len(digits), 2 * len(digits))
+    view = cache.get(next(iter(cache._views)))
+    assert cache.nbytes == len(cache) * view.numel() * 4
+
+
+def test_view_cache_keys_follow_images_recipe_and_seed_not_labels(digits):
+    cache = ViewCache()
+    relabelled = digits.remove_columns("label").add_column(
+        "label", [(y + 1) % 10 for y in digits["label"]], feature=digits.features["label"]
+    )
+    first = _epoch_items(AugmentedDataset(digits, RECIPE, seed=0, view_cache=cache), 0)
+    shared = _epoch_items(AugmentedDataset(relabelled, RECIPE, seed=0, view_cache=cache), 0)
+    assert cache.hits == len(digits)  # the same images and recipe: every view is reused ...
+    for a, b, y in zip(first, shared, relabelled["label"]):
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert int(b["labels"]) == y  # ... with the other dataset's own labels
+    others = load_image_dataset("digits")["train"].select(range(40, 80))
+    for dataset, recipe, seed in ((others, RECIPE, 0), (digits, RECIPE, 1), (digits, AugmentationRecipe.deit(16), 0)):
+        hits = cache.hits
+        got = _epoch_items(AugmentedDataset(dataset, recipe, seed=seed, view_cache=cache), 0)
+        want = _epoch_items(AugmentedDataset(dataset, recipe, seed=seed), 0)
+        assert cache.hits == hits  # another dataset, seed or recipe never reads a kept view
+        assert all(torch.equal(w["pixel_values"], g["pixel_values"]) for w, g in zip(want, got))
+
+
+def test_view_cache_is_bounded_and_hands_out_copies(digits):
+    view_bytes = 3 * 16 * 16 * 4
+    cache = ViewCache(max_bytes=5 * view_bytes)
+    dataset = AugmentedDataset(digits, RECIPE, seed=0, view_cache=cache)
+    first = _epoch_items(dataset, 0)
+    assert len(cache) == 5 and cache.nbytes == 5 * view_bytes
+    first[0]["pixel_values"].zero_()  # a caller writing into its batch must not reach the kept view
+    again = dataset[0]
+    assert cache.hits == 1 and again["pixel_values"].abs().sum() > 0
+    with pytest.raises(ValueError, match="max_bytes=-1"):
+        ViewCache(max_bytes=-1)
+
+
+def test_saving_through_a_filled_view_cache_writes_the_same_shards(saved, digits, tmp_path):
+    cache = ViewCache()
+    _epoch_items(AugmentedDataset(digits, RECIPE, seed=0, view_cache=cache), 0)  # e.g. a teacher trained on these
+    kwargs = {**saved["kwargs"], "end_epoch": 1}
+    path = save_teacher_logits(saved["teacher"], digits, str(tmp_path / "cached"), view_cache=cache, **kwargs)
+    assert cache.misses == len(digits) and cache.hits >= len(digits)  # (plus the saver's first probe view)
+    shards = [s for s in _shards(path) if "epoch_0" in s or "epoch=0" in s or "00000" in s]
+    assert shards and all(filecmp.cmp(os.path.join(path, s), os.path.join(saved["path"], s), shallow=False) for s in shards)

@@ -1,5 +1,5 @@
 """Checkpoint and Hub helpers shared by the converters and the trainer: safe state-dict loading,
-strict key checks, ImageNet label maps and model cards."""
+strict key checks, renaming by order between ports, ImageNet label maps and model cards."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load_state_dict", "check_state_dict", "imagenet_id2label", "write_model_card"]
+__all__ = ["load_state_dict", "check_state_dict", "map_state_dict_by_order", "imagenet_id2label", "write_model_card"]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
+# BatchNorm's step counter: a 0-d buffer some exporters drop, and one that would align with any other 0-d tensor.
+_BATCH_COUNTER = "num_batches_tracked"
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -73,6 +75,48 @@ def check_state_dict(
             if items:
                 parts.append(f"  {len(items)} {title}: " + ", ".join(items))
         raise ValueError("\n".join(parts))
+
+
+def map_state_dict_by_order(
+    target: Mapping[str, torch.Tensor],
+    source: Mapping[str, torch.Tensor],
+    what: str = "checkpoint",
+    *,
+    check_leaf_names: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Rename `source`'s tensors to `target`'s keys by position: the i-th tensor becomes the i-th key.
+
+    For ports of one architecture whose modules are named differently but registered in the same
+    order (e.g. the `efficientnet_pytorch` layout -> timm). BatchNorm `num_batches_tracked`
+    counters are left out of the alignment on both sides, since some exporters drop them, and
+    the target's own counters are kept. The order assumption is then checked, not trusted: the
+    counts must agree, every shape must match and, with `check_leaf_names`, so must each key's
+    last component (`weight`, `bias`, `running_mean`, ...). One ValueError lists the mismatches.
+    """
+
+    def aligned(state: Mapping[str, torch.Tensor]) -> list[str]:
+        return [k for k in state if k.rsplit(".", 1)[-1] != _BATCH_COUNTER]
+
+    target_keys, source_keys = aligned(target), aligned(source)
+    problems = []
+    if len(target_keys) != len(source_keys):
+        counts = f"{len(source_keys)} tensors against the model's {len(target_keys)}"
+        problems.append(f"{counts} ({_BATCH_COUNTER} not counted)")
+    for i, (t_key, s_key) in enumerate(zip(target_keys, source_keys)):
+        t_shape, s_shape = tuple(target[t_key].shape), tuple(source[s_key].shape)
+        leaf_differs = check_leaf_names and t_key.rsplit(".", 1)[-1] != s_key.rsplit(".", 1)[-1]
+        if t_shape != s_shape or leaf_differs:
+            problems.append(f"#{i} {s_key} {s_shape} -> {t_key} {t_shape}")
+    if problems:
+        shown, hidden = problems[:12], len(problems) - 12
+        raise ValueError(
+            f"{what} cannot be mapped onto the model by order:\n  "
+            + "\n  ".join(shown)
+            + (f"\n  ... and {hidden} more" if hidden > 0 else "")
+        )
+    mapped = {t_key: source[s_key] for t_key, s_key in zip(target_keys, source_keys)}
+    mapped.update({k: v for k, v in target.items() if k not in mapped})  # the BatchNorm counters
+    return {k: mapped[k] for k in target}  # in the target's order
 
 
 def imagenet_id2label(num_classes: int) -> dict[int, str]:

@@ -15,7 +15,7 @@ from .augment import (
     sample_mix,
 )
 from .images import dataset_fingerprint, digits_dataset, image_to_tensor, load_image_dataset
-from .replay import AugmentedDataset, PairedSampler, StoredLogitsDataset, collate_views
+from .replay import AugmentedDataset, PairedSampler, StoredLogitsDataset, ViewCache, collate_views
 from .saving import check_teacher_logits, save_teacher_logits
 from .sparse import index_dtype, sparse_to_dense, teacher_hard_labels, topk_probabilities
 from .store import TeacherLogitStore, check_student_compatible
@@ -31,6 +31,7 @@ __all__ = [
     "StoredLogitsDataset",
     "TeacherLogitStore",
     "TeacherModel",
+    "ViewCache",
     "apply_augmentation",
     "augmentation_seed",
     "check_student_compatible",

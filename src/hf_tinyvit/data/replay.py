@@ -25,7 +25,47 @@ from .augment import (
 from .images import dataset_fingerprint, describe_sample, image_to_tensor
 from .store import TeacherLogitStore
 
-__all__ = ["AugmentedDataset", "StoredLogitsDataset", "PairedSampler", "collate_views"]
+__all__ = ["AugmentedDataset", "StoredLogitsDataset", "PairedSampler", "ViewCache", "collate_views"]
+
+
+class ViewCache:
+    """Rendered views kept in memory, for small datasets whose views are rendered more than once.
+
+    A view is a pure function of (image, recipe, seed, epoch, sample_id), so keeping it changes no
+    pixel. It pays where the same views come back: several runs compared side by side on one
+    dataset, or a student training past the epochs a store holds (which replays saved epochs).
+    Keys carry the dataset's content fingerprint and the recipe's, so datasets over the same images
+    (with another label column, say) share entries and other datasets never collide. At most
+    `max_bytes` of pixels are kept; past that, views are rendered as usual and not kept. Each
+    DataLoader worker process fills its own copy, so the saving is in the main process
+    (num_workers=0). An ImageNet run sees each view once and has no use for it.
+    """
+
+    def __init__(self, max_bytes: int = 2 * 1024**3):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes} must be >= 0")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._views: dict[tuple, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        view = self._views.get(key)
+        if view is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return view.clone()  # a caller may modify its copy in place; the kept view must not change
+
+    def put(self, key: tuple, view: torch.Tensor) -> None:
+        size = view.numel() * view.element_size()
+        if key not in self._views and self.nbytes + size <= self.max_bytes:
+            self._views[key] = view.clone()
+            self.nbytes += size
 
 
 def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -72,7 +112,8 @@ class AugmentedDataset(Dataset):
     The epoch lives in shared memory, so `set_epoch` in the main process reaches DataLoader
     workers, persistent ones included. A batch fetched through `__getitems__` (what DataLoader
     uses) decodes each image once even when its Mixup partner is in the same batch; use
-    `train_sampler` with an even batch size to keep partners together.
+    `train_sampler` with an even batch size to keep partners together. A `view_cache` keeps
+    rendered views for runs that see them again (see `ViewCache`).
     """
 
     def __init__(
@@ -85,6 +126,7 @@ class AugmentedDataset(Dataset):
         image_column: str = "image",
         label_column: str | None = "label",
         num_labels: int | None = None,
+        view_cache: ViewCache | None = None,
     ):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to augment")
@@ -111,7 +153,15 @@ class AugmentedDataset(Dataset):
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._epoch.fill_(int(epoch))
         self._partners: tuple[int, np.ndarray] | None = None
+        self._fingerprint: str | None = None
         self.collate_fn = collate_views
+        self.view_cache = view_cache
+        self._labels: np.ndarray | None = None
+        if view_cache is not None:
+            self._cache_key = (self.fingerprint(), recipe.fingerprint(), self.seed)
+            if label_column is not None and hasattr(dataset, "with_format"):
+                # a cached view skips decoding the row, so its label comes from the column, read once
+                self._labels = np.asarray(dataset.select_columns([label_column]).with_format("numpy")[label_column])
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -129,7 +179,9 @@ class AugmentedDataset(Dataset):
         return PairedSampler(self, seed)
 
     def fingerprint(self) -> str:
-        return dataset_fingerprint(self.dataset, self.image_column)
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(self.dataset, self.image_column)
+        return self._fingerprint
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -145,17 +197,34 @@ class AugmentedDataset(Dataset):
         except Exception as error:  # decoding errors come from PIL, datasets or numpy alike
             where = describe_sample(self.dataset, self.image_column, sample_id)
             raise ValueError(f"cannot read the image of {where}: {error}") from error
-        label = None if self.label_column is None else int(row[self.label_column])
-        if label is not None and self.num_labels is not None and not 0 <= label < self.num_labels:
-            raise ValueError(f"sample_id={sample_id} has label={label}; accepted: 0..{self.num_labels - 1}")
+        label = None if self.label_column is None else self._checked_label(sample_id, row[self.label_column])
         return image, label
+
+    def _checked_label(self, sample_id: int, label) -> int:
+        label = int(label)
+        if self.num_labels is not None and not 0 <= label < self.num_labels:
+            raise ValueError(f"sample_id={sample_id} has label={label}; accepted: 0..{self.num_labels - 1}")
+        return label
 
     def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:
         """The unmixed view of one sample (normalised float32) and its label."""
         epoch = self.epoch if epoch is None else epoch
+        key = None
+        if self.view_cache is not None:
+            key = (*self._cache_key, int(epoch), int(sample_id))
+            view = self.view_cache.get(key)
+            if view is not None:
+                if self.label_column is None:
+                    return view, None
+                if self._labels is not None:
+                    return view, self._checked_label(sample_id, self._labels[sample_id])
+                return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column])
         image, label = self._read(sample_id)
         params = sample_augmentation(self.recipe, augmentation_seed(self.seed, epoch, sample_id), *image.shape[-2:])
-        return apply_augmentation(image, params, self.recipe), label
+        view = apply_augmentation(image, params, self.recipe)
+        if key is not None:
+            self.view_cache.put(key, view)
+        return view, label
 
     def items(self, sample_ids: Sequence[int], epoch: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Items of `sample_ids` at `epoch` (default: the current one), each image decoded once."""
@@ -244,6 +313,7 @@ class StoredLogitsDataset(Dataset):
         label_column: str | None = "label",
         recipe: AugmentationRecipe | None = None,
         num_dataset_labels: int | None = None,
+        view_cache: ViewCache | None = None,
     ):
         store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store)
         metadata = store.metadata
@@ -276,6 +346,7 @@ class StoredLogitsDataset(Dataset):
             image_column=image_column,
             label_column=label_column,
             num_labels=num_dataset_labels,
+            view_cache=view_cache,
         )
         fingerprint = self.augmented.fingerprint()
         if fingerprint != metadata["dataset_fingerprint"]:
@@ -284,7 +355,7 @@ class StoredLogitsDataset(Dataset):
                 f"store {store.path!r} was built from another dataset, split or order"
             )
         self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._warned: set[int] = set()
+        self._warned = False  # one warning per dataset: a long run would print one per epoch
         self.collate_fn = collate_views
         self.set_epoch(epoch)
 
@@ -315,10 +386,11 @@ class StoredLogitsDataset(Dataset):
         if epoch < 0:
             raise ValueError(f"epoch={epoch} must be >= 0")
         replay = epoch if epoch in saved else saved[epoch % len(saved)]
-        if replay != epoch and epoch not in self._warned:
-            self._warned.add(epoch)
+        if replay != epoch and not self._warned:
+            self._warned = True
             warnings.warn(
-                f"epoch {epoch} was not saved in store {self.store.path!r} (saved: {saved}); replaying saved epoch {replay}",
+                f"epoch {epoch} was not saved in store {self.store.path!r} (saved: {saved}); replaying saved epoch {replay} "
+                f"(warned once: every unsaved epoch e replays saved epoch {saved}[e % {len(saved)}])",
                 stacklevel=2,
             )
         self._requested.fill_(int(epoch))

@@ -100,6 +100,7 @@ def save_teacher_logits(
     accelerator=None,
     cache_dir: str | None = None,
     progress: bool = True,
+    view_cache=None,
 ) -> str:
     """Save a teacher's top-k probabilities for epochs [start_epoch, end_epoch) of augmented views.
 
@@ -108,7 +109,8 @@ def save_teacher_logits(
     round-robin to the Accelerate processes; each chunk is one Parquet shard, so a store is
     byte-identical whatever the process count. Rerunning the same call skips complete shards;
     a store built from another teacher, dataset, recipe or seed is refused before any work.
-    Returns `output_dir`.
+    `view_cache` (a `ViewCache`) reuses views already rendered, e.g. while the teacher trained on
+    the same recipe and seed. Returns `output_dir`.
     """
     from accelerate import Accelerator
 
@@ -132,7 +134,9 @@ def save_teacher_logits(
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(device).eval()
     name, weights_hash = _teacher_identity(teacher, teacher_name, teacher_hash)
-    views = AugmentedDataset(dataset, recipe, seed=seed, image_column=image_column, label_column=None)
+    views = AugmentedDataset(
+        dataset, recipe, seed=seed, image_column=image_column, label_column=None, view_cache=view_cache
+    )
     num_samples = len(views)
 
     # One view through the teacher before any work: class count, output shape, topk range.

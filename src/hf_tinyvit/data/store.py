@@ -379,9 +379,16 @@ class TeacherLogitStore:
         if epoch not in self._epochs:
             self._require_epoch(epoch)
             split = epoch_split(epoch)
-            dataset = datasets.load_dataset(
-                "parquet", data_files={split: self.shard_files(epoch)}, split=split, cache_dir=self.cache_dir
-            )
+            # Opened mid-training, once per epoch: the loader's progress bars would interleave with the logs.
+            shown = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()
+            try:
+                dataset = datasets.load_dataset(
+                    "parquet", data_files={split: self.shard_files(epoch)}, split=split, cache_dir=self.cache_dir
+                )
+            finally:
+                if shown:
+                    datasets.enable_progress_bars()
             self._epochs[epoch] = _EpochRows(
                 dataset, int(self.metadata["dataset_size"]), epoch, self.path, self.topk, self.num_labels
             )
