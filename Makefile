@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-full bench bench-quick clean
+.PHONY: install test demo demo-full demo-imagenet bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 demo-full: $(STAMP)
 	$(BIN)/python examples/demo.py --output_dir outputs/demo-full --seeds 3
+
+demo-imagenet: $(STAMP)
+	$(BIN)/python examples/imagenet_teacher_photos.py --output_dir outputs/imagenet-teacher
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -15,7 +15,7 @@
 Writes results.md / results.json / accuracy.png and a Hub-ready student folder, and classifies a
 few test digits with `pipeline("image-classification")` loaded from that folder.
 
-    python examples/demo.py --output_dir outputs/demo            # one seed, about 4 minutes on 2 cores
+    python examples/demo.py --output_dir outputs/demo            # one seed, about 5 minutes on 2 cores
     python examples/demo.py --output_dir outputs/demo --seeds 3  # mean and std over three seeds
 """
 
