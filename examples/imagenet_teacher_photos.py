@@ -45,8 +45,10 @@ from hf_tinyvit.data import (
     save_teacher_logits,
 )
 from hf_tinyvit.hub import imagenet_id2label, load_state_dict, map_state_dict_by_order, write_model_card
-from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification, tinyvit_image_processor
+from hf_tinyvit.models.tinyvit import tinyvit_image_processor
 from hf_tinyvit.training import DistillationTrainer, DistillationTrainingArguments
+
+from demo import tinyvit_student  # the digits demo's student; here with ImageNet's 1000 classes
 
 TEACHER = "timm:efficientnet_lite0"
 # scikit-image's colour photographs (the camera man is grayscale, repeated over three channels); all
@@ -134,21 +136,6 @@ def top_classes(teacher, pixel_values: torch.Tensor, k: int) -> tuple[torch.Tens
     return teacher(pixel_values).softmax(dim=-1).topk(k, dim=-1)
 
 
-def tinyvit_student(image_size: int, id2label: dict[int, str]) -> TinyViTForImageClassification:
-    config = TinyViTConfig(
-        image_size=image_size,
-        embed_dims=[32, 64, 96, 128],
-        depths=[1, 1, 2, 1],
-        num_heads=[1, 2, 3, 4],
-        window_sizes=[4, 4, 4, 2],
-        drop_path_rate=0.0,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
-    return TinyViTForImageClassification(config)
-
-
 def training_args(output_dir: Path, settings: PhotosArguments, store_dir: Path) -> DistillationTrainingArguments:
     return DistillationTrainingArguments(
         output_dir=str(output_dir),
@@ -214,7 +201,6 @@ def markdown_table(summary: dict) -> str:
 def main(argv=None) -> dict:
     (settings,) = HfArgumentParser(PhotosArguments).parse_args_into_dataclasses(args=argv)
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    datasets.disable_progress_bars()  # the store opens one split per replayed epoch
     output_dir = Path(settings.output_dir)
     store_dir, work = output_dir / "teacher-logits", output_dir / "work"
     for ours in (store_dir, work):
@@ -266,7 +252,7 @@ def main(argv=None) -> dict:
     print(f"training the student on the store ({settings.epochs} epochs)", flush=True)
     train_start = time.perf_counter()
     with warnings.catch_warnings():
-        # more student epochs than stored ones replay saved epochs, with one warning per epoch
+        # more student epochs than stored ones (--epochs) replay saved epochs, which warns
         warnings.filterwarnings("ignore", message="epoch .* was not saved in store")
         trainer.train()
     training_s = time.perf_counter() - train_start
