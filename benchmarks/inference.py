@@ -27,8 +27,11 @@ class Case:
 
 def _tinyvit_from_timm(preset: str) -> Callable[[torch.nn.Module], torch.nn.Module]:
     def build(timm_model: torch.nn.Module) -> torch.nn.Module:
-        from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification
-        from hf_tinyvit.models.tinyvit.conversion_tinyvit import timm_to_hf_state_dict
+        from hf_tinyvit.models.tinyvit import (
+            TinyViTConfig,
+            TinyViTForImageClassification,
+        )
+        from hf_tinyvit.models.tinyvit.convert_tinyvit import timm_to_hf_state_dict
 
         config = TinyViTConfig.from_preset(preset, num_labels=timm_model.num_classes)
         model = TinyViTForImageClassification(config)

@@ -7,7 +7,6 @@ DeiTForImageClassificationWithTeacher on the same (random) weights, medians of i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -18,20 +17,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_tinyvit.models.deit_distilled import DeiTDistilledForImageClassification
 
-_CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_deit_checkpoint.py"
 VARIANTS = {
     "tiny": "deit_tiny_distilled_patch16_224",
     "small": "deit_small_distilled_patch16_224",
     "base": "deit_base_distilled_patch16_224",
 }
-
-
-def _converter():
-    # The key map lives with the conversion script, outside the package.
-    spec = importlib.util.spec_from_file_location("convert_deit_checkpoint", _CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def images_per_second(forwards: dict, pixel_values: torch.Tensor, warmup: int, iterations: int) -> dict[str, float]:
@@ -62,7 +52,8 @@ def benchmark_deit(
     function."""
     import timm
 
-    convert = _converter()
+    from hf_tinyvit.models.deit_distilled import convert_deit_distilled as convert
+
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"variants {unknown} are not among {sorted(VARIANTS)}")

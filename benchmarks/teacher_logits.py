@@ -13,11 +13,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import datasets
+import numpy as np
 import torch
 
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
     StoredLogitsDataset,
@@ -27,7 +27,8 @@ from hf_tinyvit.data import (
     save_teacher_logits,
     topk_probabilities,
 )
-from hf_tinyvit.data.store import shard_relpath, shard_table, store_features, write_shard
+from hf_tinyvit.store.format import shard_relpath, shard_table, store_features
+from hf_tinyvit.store.writer import write_shard
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved_medians  # noqa: E402

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import current_rss_mib, interleaved_medians, peak_rss_mib, reset_peak_rss, run_probes  # noqa: E402
+from _common import (  # noqa: E402
+    current_rss_mib,
+    interleaved_medians,
+    peak_rss_mib,
+    reset_peak_rss,
+    run_probes,
+)
 
 MODES = ("labels", "stored", "online")
 TEACHER_KEYS = ("teacher_topk_values", "teacher_topk_indices")
@@ -92,6 +98,7 @@ def labelled_photos(count: int, pair: Pair):
     is 1.5x the crop, about what ImageNet's average photo is to 224."""
     num_labels, short_side = pair.num_labels, round(1.5 * pair.image_size)
     import datasets
+
     from teacher_logits import photo_dataset
 
     photos = photo_dataset(count, short_side=short_side).add_column("label", [i % num_labels for i in range(count)])
@@ -100,7 +107,7 @@ def labelled_photos(count: int, pair: Pair):
 
 def save_store(pair: Pair, folder: str, num_images: int, device: str) -> str:
     """Run the teacher once over one epoch of augmented views and keep its top-k, as a user would."""
-    from hf_tinyvit.data import AugmentationRecipe, save_teacher_logits
+    from hf_tinyvit import AugmentationRecipe, save_teacher_logits
 
     teacher = build_model(pair, "teacher", seed=1)
     save_teacher_logits(
@@ -118,7 +125,7 @@ def save_store(pair: Pair, folder: str, num_images: int, device: str) -> str:
 
 
 def stored_dataset(pair: Pair, store: str, num_images: int):
-    from hf_tinyvit.data import StoredLogitsDataset, TeacherLogitStore
+    from hf_tinyvit import StoredLogitsDataset, TeacherLogitStore
 
     opened = TeacherLogitStore.open(store, cache_dir=os.path.join(store, "cache"))
     return StoredLogitsDataset(labelled_photos(num_images, pair), opened)
@@ -165,7 +172,7 @@ def step_function(trainer, batches: list[dict], mode: str, device: str):
 
 
 def render_batches(dataset, batch_size: int, count: int) -> list[dict]:
-    from hf_tinyvit.data import collate_views
+    from hf_tinyvit import collate_views
 
     return [collate_views(dataset.items(range(b * batch_size, (b + 1) * batch_size))) for b in range(count)]
 

@@ -1,16 +1,15 @@
-"""Interim demo: convert a TinyViT checkpoint and classify photos with transformers' pipeline.
+"""Convert a TinyViT checkpoint and classify photos with transformers' pipeline.
 
 No download is possible here, so the "official" checkpoint is a timm tiny_vit_5m_224 with random
 weights saved in timm's layout; with real weights the same commands give real ImageNet labels.
 """
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import torch
 
-CONVERTER = Path(__file__).resolve().parents[1] / "conversion" / "convert_tinyvit_checkpoint.py"
+from hf_tinyvit.cli import main as hf_tinyvit_cli
 
 
 def main(argv=None) -> None:
@@ -30,13 +29,9 @@ def main(argv=None) -> None:
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(checkpoint))
 
     converted = output / "tinyvit-5m-224"
-    # The converter's command line, run in this process to skip a second interpreter start-up.
-    spec = importlib.util.spec_from_file_location("convert_tinyvit_checkpoint", CONVERTER)
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
-    converter.main(["--checkpoint", str(checkpoint), "--variant", "tiny_vit_5m_224", "--output-dir", str(converted)])
+    # `hf-tinyvit convert ...`, run in this process to skip a second interpreter start-up.
+    hf_tinyvit_cli(["convert", "--checkpoint", str(checkpoint), "--variant", "tiny_vit_5m_224", "--output-dir", str(converted)])
 
-    import hf_tinyvit  # noqa: F401  (registers TinyViT with the Auto classes)
     from PIL import Image
     from skimage import data
     from transformers import pipeline

@@ -34,21 +34,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TimmWrapperConfig, TimmWrapperForImageClassification, pipeline, set_seed
+from transformers import (
+    HfArgumentParser,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    pipeline,
+    set_seed,
+)
 
-import hf_tinyvit  # noqa: F401  (registers the model families with the Auto classes)
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
+    DeiTDistilledConfig,
+    DeiTDistilledForImageClassification,
+    DistillationTrainer,
+    DistillationTrainingArguments,
     StoredLogitsDataset,
     TeacherLogitStore,
+    TinyViTConfig,
+    TinyViTForImageClassification,
     ViewCache,
+    corrupt_labels,
     load_image_dataset,
     save_teacher_logits,
+    tinyvit_image_processor,
+    write_model_card,
 )
-from hf_tinyvit.models.deit_distilled import DeiTDistilledConfig, DeiTDistilledForImageClassification
-from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification, tinyvit_image_processor
-from hf_tinyvit.training import DistillationTrainer, DistillationTrainingArguments
 
 # timm's smallest real ResNet (0.37M parameters): a convnet teacher, as DeiT recommends, that a 2-core
 # CPU trains in about a minute (a resnet10t step costs five times as much here).
@@ -99,45 +110,14 @@ class DemoArguments:
             raise ValueError(f"noise={self.noise} must lie in [0, 1)")
 
 
-def train_recipe(image_size: int) -> AugmentationRecipe:
-    """TinyViT's recipe cut down for 8x8 digits: random resized crops (milder) and random erasing.
-
-    No flips: a mirrored 2 is no 2. No RandAugment: its m9 shears, rotations and posterisation on
-    strokes two source pixels wide stalled the DeiT student (38% after 12 epochs, against 67%
-    without it; TinyViT's convolutions coped) and cost half of the data path's time.
-    """
-    return AugmentationRecipe(image_size=image_size, scale=(0.35, 1.0), hflip=0.0, auto_augment=None, reprob=0.25)
-
-
 def eval_recipe(image_size: int) -> AugmentationRecipe:
     # Digits fill their frame: evaluate on the whole image rather than a centre crop of it.
-    return dataclasses.replace(AugmentationRecipe.eval(image_size), crop_pct=1.0)
-
-
-def corrupt_labels(dataset, fraction: float, seed: int):
-    """Replace `fraction` of the labels by a different class, chosen from an explicit generator."""
-    rng = np.random.default_rng(seed)
-    labels = np.array(dataset["label"])
-    chosen = rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False)
-    shift = rng.integers(1, 10, size=len(chosen))  # never 0: the new class always differs
-    labels[chosen] = (labels[chosen] + shift) % 10
-    noisy = dataset.remove_columns("label").add_column("label", labels.tolist(), feature=dataset.features["label"])
-    return noisy, chosen
+    return AugmentationRecipe.eval(image_size, crop_pct=1.0)
 
 
 def tinyvit_student(image_size: int, id2label: dict) -> TinyViTForImageClassification:
-    config = TinyViTConfig(
-        image_size=image_size,
-        embed_dims=[32, 64, 96, 128],
-        depths=[1, 1, 2, 1],
-        num_heads=[1, 2, 3, 4],
-        window_sizes=[4, 4, 4, 2],
-        drop_path_rate=0.0,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
-    return TinyViTForImageClassification(config)
+    labels = {"num_labels": len(id2label), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
+    return TinyViTForImageClassification(TinyViTConfig.from_preset("tinyvit-micro", image_size=image_size, **labels))
 
 
 def deit_student(image_size: int, patch_size: int, id2label: dict) -> DeiTDistilledForImageClassification:
@@ -208,7 +188,7 @@ def run(name: str, model, args, train_dataset, eval_dataset, teacher=None) -> di
 def run_seed(seed: int, demo: DemoArguments, data, work: Path) -> dict:
     train, test = data["train"], data["test"]
     id2label = {i: name for i, name in enumerate(train.features["label"].names)}
-    recipe, evaluation = train_recipe(demo.image_size), eval_recipe(demo.image_size)
+    recipe, evaluation = AugmentationRecipe.digits(demo.image_size), eval_recipe(demo.image_size)
     # The evaluation transform has no randomness: render the test views once for every run.
     test_views = AugmentedDataset(test, evaluation, seed=seed)
     test_views = test_views.__getitems__(list(range(len(test_views))))
@@ -375,8 +355,6 @@ def save_student(trainer, summary: dict, folder: Path, demo: DemoArguments) -> N
     # The same whole-image evaluation as eval_recipe: resize to the training size, no crop margin.
     processor = tinyvit_image_processor(demo.image_size, crop_pct=1.0)
     processor.save_pretrained(str(folder))
-    from hf_tinyvit.hub import write_model_card
-
     row = summary["runs"]["clean/TinyViT, stored logits (no teacher)"]
     write_model_card(
         folder,

@@ -30,25 +30,28 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image
 from transformers import HfArgumentParser, PrinterCallback, pipeline, set_seed
 
-import datasets
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
+    DistillationTrainer,
+    DistillationTrainingArguments,
     StoredLogitsDataset,
     TeacherLogitStore,
+    TinyViTConfig,
+    TinyViTForImageClassification,
+    load_state_dict,
     load_teacher,
     save_teacher_logits,
+    tinyvit_image_processor,
+    write_model_card,
 )
-from hf_tinyvit.hub import imagenet_id2label, load_state_dict, map_state_dict_by_order, write_model_card
-from hf_tinyvit.models.tinyvit import tinyvit_image_processor
-from hf_tinyvit.training import DistillationTrainer, DistillationTrainingArguments
-
-from demo import tinyvit_student  # the digits demo's student; here with ImageNet's 1000 classes
+from hf_tinyvit.hub import imagenet_id2label, map_state_dict_by_order
 
 TEACHER = "timm:efficientnet_lite0"
 # scikit-image's colour photographs (the camera man is grayscale, repeated over three channels); all
@@ -242,7 +245,11 @@ def main(argv=None) -> dict:
     del teacher  # from here on the store is the only teacher
 
     set_seed(settings.seed)
-    student = tinyvit_student(settings.image_size, id2label)
+    # the digits demo's 0.7M student, here with ImageNet's 1000 classes
+    config = TinyViTConfig.from_preset(
+        "tinyvit-micro", image_size=settings.image_size, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    student = TinyViTForImageClassification(config)
     store = TeacherLogitStore.open(str(store_dir))
     train_views = StoredLogitsDataset(photos, store, label_column=None)
     args = training_args(work, settings, store_dir)

@@ -3,6 +3,7 @@
 
 import dataclasses
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,7 @@ from PIL import Image
 from skimage import data as skimage_data
 from torch.utils.data import DataLoader
 
-import datasets
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
     apply_augmentation,
@@ -20,13 +20,13 @@ from hf_tinyvit.data import (
     collate_views,
     image_to_tensor,
     load_image_dataset,
-    mix_partners,
     sample_augmentation,
-    sample_mix,
 )
-from hf_tinyvit.data.augment import _LEVEL_TO_ARGUMENT, _OPS_INCREASING, _OPS_PLAIN, _apply_rand_augment_op
+from hf_tinyvit.augment import mix_partners, sample_mix
+from hf_tinyvit.augment.render import apply_rand_augment_op
+from hf_tinyvit.augment.sampling import LEVEL_TO_ARGUMENT, OPS_INCREASING, OPS_PLAIN
 
-ALL_OPS = sorted(set(_OPS_PLAIN) | set(_OPS_INCREASING))
+ALL_OPS = sorted(set(OPS_PLAIN) | set(OPS_INCREASING))
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_rand_augment_op_matches_timm(name, astronaut):
     reference = AugmentOp(
         name, prob=1.0, magnitude=9, hparams={"img_mean": (124, 116, 104), "interpolation": Image.BILINEAR}
     )
-    level_fn = _LEVEL_TO_ARGUMENT[name]
+    level_fn = LEVEL_TO_ARGUMENT[name]
     for negate in (False, True):
         argument = None if level_fn is None else level_fn(9.0, negate)
-        ours = _apply_rand_augment_op(crop, name, argument, fill).float()
+        ours = apply_rand_augment_op(crop, name, argument, fill).float()
         expected = reference.aug_fn(
             TF.to_pil_image(crop), *(() if argument is None else (argument,)), **reference.kwargs
         )
@@ -96,7 +96,7 @@ def test_every_recipe_op_replays_bitwise(source, digits, photo_dataset):
     first = AugmentedDataset(dataset, recipe, seed=7, label_column=None)
     second = AugmentedDataset(dataset, recipe, seed=7, label_column=None)
     seen = set()
-    for op in _OPS_INCREASING:  # the default recipe is timm's rand-m9-mstd0.5-inc1
+    for op in OPS_INCREASING:  # the default recipe is timm's rand-m9-mstd0.5-inc1
         sample_id = len(seen) % len(dataset)
         height, width = first._read(sample_id)[0].shape[-2:]
         epoch = _first_epoch_with_op(recipe, 7, sample_id, height, width, op)
@@ -112,7 +112,7 @@ def test_every_recipe_op_replays_bitwise(source, digits, photo_dataset):
         assert torch.equal(a, b), (op, epoch)
         assert a.dtype == torch.float32 and a.shape == (3, 48, 48)
     # the walk went through every op of the recipe, flips both ways, both interpolations, erasing
-    assert set(_OPS_INCREASING) <= seen
+    assert set(OPS_INCREASING) <= seen
     assert {"brightness", "contrast", "saturation", "hue", "hflip:True", "hflip:False", "bilinear", "bicubic"} <= seen
     assert any(s.startswith("erase:") and s != "erase:0" for s in seen)
 

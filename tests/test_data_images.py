@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_tinyvit.data import dataset_fingerprint, load_image_dataset
+from hf_tinyvit import dataset_fingerprint, load_image_dataset
 
 
 def test_digits_are_scikit_learns_with_a_fixed_split():

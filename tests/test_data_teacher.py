@@ -2,7 +2,6 @@
 and a store saved by two Accelerate processes being byte-identical to a one-process store."""
 
 import filecmp
-import importlib.util
 import os
 import re
 import socket
@@ -12,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     StoredLogitsDataset,
     TeacherLogitStore,
@@ -134,13 +133,10 @@ def test_mixup_store_replays_mixed_views_for_the_teacher(vit_folder, tmp_path):
     assert replay[0]["labels"].shape in {(), (10,)}
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "save_teacher_logits_example", os.path.join(REPO, "examples", "save_teacher_logits.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _save_logits(argv):
+    from hf_tinyvit.cli import main
+
+    return main(["save-logits", *argv])
 
 
 def _example_args(teacher_folder, output_dir, cache_dir):
@@ -153,7 +149,7 @@ def _example_args(teacher_folder, output_dir, cache_dir):
 
 def test_example_script_saves_a_checked_store(vit_folder, tmp_path, caplog):
     with caplog.at_level("INFO"):
-        _example().main(_example_args(vit_folder[1], tmp_path / "one", tmp_path / "cache"))
+        _save_logits(_example_args(vit_folder[1], tmp_path / "one", tmp_path / "cache"))
     assert re.search(r"largest difference 0(\.0+)?\b", caplog.text)
     store = TeacherLogitStore.open(str(tmp_path / "one"))
     assert store.epochs == [0, 1] and store.metadata["teacher_name"] == str(vit_folder[1]) and store.topk == 3
@@ -163,7 +159,7 @@ def test_example_script_saves_a_checked_store(vit_folder, tmp_path, caplog):
 @pytest.mark.multiprocess
 def test_two_processes_write_the_same_store_as_one(vit_folder, tmp_path):
     weights = vit_folder[1]
-    _example().main(_example_args(weights, tmp_path / "one", tmp_path / "cache"))
+    _save_logits(_example_args(weights, tmp_path / "one", tmp_path / "cache"))
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     with socket.socket() as probe:  # a free port, so a concurrent launch elsewhere cannot collide with ours
         probe.bind(("127.0.0.1", 0))

@@ -1,7 +1,6 @@
 """DeiT-distilled interop: timm parity of the converted variants, the conversion CLI and its errors, stock
 transformers checkpoints in both directions, Auto classes and the image-classification pipeline."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -27,11 +26,9 @@ from hf_tinyvit.models.deit_distilled import (
 timm = pytest.importorskip("timm")
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "convert_deit_checkpoint", ROOT / "conversion" / "convert_deit_checkpoint.py"
-)
-convert = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert)
+import hf_tinyvit.models.deit_distilled.convert_deit_distilled as convert  # noqa: E402
+from hf_tinyvit.cli import main as cli  # noqa: E402
+from hf_tinyvit.models.deit_distilled import DEIT_PRESETS  # noqa: E402
 
 STOCK_TINY = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
@@ -62,7 +59,7 @@ def test_timm_parity_per_variant(variant):
     state_dict = convert.convert_timm_state_dict(reference.state_dict())
     model = DeiTDistilledForImageClassification(convert.variant_config(variant, num_hidden_layers=1, num_labels=7))
     model.eval().load_state_dict(state_dict, strict=True)
-    size = convert.VARIANTS[variant]["image_size"]
+    size = DEIT_PRESETS[convert.VARIANTS[variant]]["image_size"]
     pixels = randn(1, 3, size, size)
     with torch.no_grad():
         tokens = reference.forward_features(pixels)
@@ -98,8 +95,8 @@ def converted_tiny(tmp_path_factory):
     checkpoint = folder / "deit_tiny_distilled_patch16_224.pth"
     torch.save({"model": reference.state_dict(), "epoch": torch.tensor(299)}, checkpoint)
     output = folder / "converted"
-    convert.main(["--checkpoint", str(checkpoint), "--variant", "deit_tiny_distilled_patch16_224",
-                  "--output-dir", str(output)])
+    cli(["convert", "--checkpoint", str(checkpoint), "--variant", "deit_tiny_distilled_patch16_224",
+         "--output-dir", str(output)])
     return reference, checkpoint, output
 
 
@@ -110,7 +107,8 @@ def test_cli_writes_a_complete_folder(converted_tiny):
     assert "goldfish" in config["id2label"]["1"]
     preprocessing = json.loads((output / "preprocessor_config.json").read_text())
     assert preprocessing["image_mean"] == [0.485, 0.456, 0.406] and preprocessing["image_std"] == [0.229, 0.224, 0.225]
-    assert preprocessing["size"] == {"height": 256, "width": 256} and preprocessing["crop_size"]["height"] == 224
+    # the reference resizes the shorter side to 224 / 0.875 keeping the aspect ratio, then centre-crops
+    assert preprocessing["size"] == {"shortest_edge": 256} and preprocessing["crop_size"]["height"] == 224
     assert preprocessing["resample"] == 3  # bicubic
     assert "deit" in (output / "README.md").read_text()
     model = AutoModelForImageClassification.from_pretrained(output).eval()
@@ -146,14 +144,14 @@ def test_cli_rejects_mismatched_checkpoints(tmp_path, converted_tiny):
     torch.save(state_dict, broken)
     output = tmp_path / "out"
     with pytest.raises(ValueError) as error:
-        convert.main(["--checkpoint", str(broken), "--variant", "deit_tiny_distilled_patch16_224",
-                      "--output-dir", str(output)])
+        cli(["convert", "--checkpoint", str(broken), "--variant", "deit_tiny_distilled_patch16_224",
+             "--output-dir", str(output)])
     message = str(error.value)
     assert "distillation_classifier.weight" in message and "blocks.0.attn.extra" in message
     assert "deit.embeddings.position_embeddings: expected (1, 198, 192), got (1, 10, 192)" in message
     assert not output.exists()  # nothing written
     with pytest.raises(SystemExit):
-        convert.main(["--checkpoint", str(checkpoint), "--variant", "deit_huge", "--output-dir", str(output)])
+        cli(["convert", "--checkpoint", str(checkpoint), "--variant", "deit_huge", "--output-dir", str(output)])
 
 
 def test_stock_transformers_folder_loads_into_ours(tmp_path):
@@ -177,7 +175,8 @@ def test_stock_transformers_folder_loads_into_ours(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(got.hidden_states, expected.hidden_states))
     assert all(torch.equal(a, b) for a, b in zip(got.attentions, expected.attentions))
     # The stock layer norm eps (1e-12) travels with the stock config; our loss defaults are added.
-    assert ours.config.layer_norm_eps == 1e-12 and ours.config.distillation_type == "hard"
+    # unset distillation settings: the trainer fills them in, the forward defaults to hard
+    assert ours.config.layer_norm_eps == 1e-12 and ours.config.distillation_type is None
     # Saved again, our folder keeps the stock weight names.
     ours.save_pretrained(tmp_path / "ours")
     assert file_keys(tmp_path / "ours") == file_keys(tmp_path / "stock")

@@ -42,10 +42,17 @@ def hand_ce(logits, labels):
     return -log_probs[torch.arange(len(labels)), labels].mean()
 
 
+def loss_of(cls, dist, labels, distillation_labels=None, teacher_probs=None, **config):
+    """The model's loss function under a config with the given distillation settings."""
+    return deit_distilled_loss(
+        DeiTDistilledConfig(**TINY, **config), cls, dist, labels, distillation_labels, teacher_probs
+    ).loss
+
+
 def test_labels_alone_train_both_heads():
     cls, dist = randn(4, 5, seed=1), randn(4, 5, seed=2)
     labels = torch.tensor([0, 3, 4, 1])
-    loss = deit_distilled_loss(cls, dist, labels)
+    loss = loss_of(cls, dist, labels)
     assert torch.allclose(loss, 0.5 * hand_ce(cls, labels) + 0.5 * hand_ce(dist, labels), atol=1e-6)
 
 
@@ -56,7 +63,7 @@ def test_mixed_labels_are_distributions():
     teacher = torch.tensor([2, 2, 0, 1])
     soft_ce = -(mixed * torch.log_softmax(cls, -1)).sum(-1).mean()
     expected = 0.5 * soft_ce + 0.5 * hand_ce(dist, teacher)
-    got = deit_distilled_loss(cls, dist, mixed.float(), distillation_labels=teacher)
+    got = loss_of(cls, dist, mixed.float(), distillation_labels=teacher)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -64,11 +71,13 @@ def test_hard_loss_matches_hand_computation():
     cls, dist = randn(4, 5, seed=1), randn(4, 5, seed=2)
     labels, teacher = torch.tensor([0, 3, 4, 1]), torch.tensor([2, 2, 0, 1])
     expected = 0.5 * hand_ce(cls, labels) + 0.5 * hand_ce(dist, teacher)
-    assert torch.allclose(deit_distilled_loss(cls, dist, labels, distillation_labels=teacher), expected, atol=1e-6)
+    assert torch.allclose(loss_of(cls, dist, labels, distillation_labels=teacher), expected, atol=1e-6)
     # With a teacher distribution and distillation_type="hard", the target is the teacher's argmax.
     teacher_probs = torch.softmax(randn(4, 5, seed=3) * 3, dim=-1)
     expected = 0.5 * hand_ce(cls, labels) + 0.5 * hand_ce(dist, teacher_probs.argmax(-1))
-    got = deit_distilled_loss(cls, dist, labels, teacher_probs=teacher_probs, distillation_type="hard")
+    got = loss_of(cls, dist, labels, teacher_probs=teacher_probs, distillation_type="hard")
+    # unset, the type is hard too
+    assert torch.allclose(loss_of(cls, dist, labels, teacher_probs=teacher_probs), expected, atol=1e-6)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -80,9 +89,9 @@ def test_soft_loss_matches_hand_computation(alpha, tau):
     log_q = torch.log_softmax(dist / tau, dim=-1)
     kl = (p_teacher * (p_teacher.log() - log_q)).sum(-1).mean()
     expected = (1 - alpha) * hand_ce(cls, labels) + alpha * tau**2 * kl
-    got = deit_distilled_loss(
+    got = loss_of(
         cls, dist, labels, teacher_probs=torch.softmax(teacher_logits, -1),
-        distillation_type="soft", alpha=alpha, tau=tau,
+        distillation_type="soft", distillation_alpha=alpha, distillation_tau=tau,
     )
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -97,9 +106,9 @@ def test_forward_loss_uses_config_and_one_output_type():
     eval_out = model(pixels)
     assert type(train_out) is type(eval_out) is DeiTDistilledImageClassifierOutput
     assert eval_out.loss is None and train_out.loss.shape == ()
-    expected = deit_distilled_loss(
+    expected = loss_of(
         train_out.cls_logits, train_out.distillation_logits, labels, teacher_probs=teacher_probs,
-        distillation_type="soft", alpha=0.25, tau=2.0,
+        distillation_type="soft", distillation_alpha=0.25, distillation_tau=2.0,
     )
     assert torch.allclose(train_out.loss, expected)
     assert torch.allclose(eval_out.logits, (eval_out.cls_logits + eval_out.distillation_logits) / 2)

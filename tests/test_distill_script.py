@@ -2,7 +2,6 @@
 parses, the push uploads that folder) and two real gloo processes under `accelerate launch`."""
 
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,8 @@ import transformers.trainer
 from huggingface_hub import ModelCard
 from transformers import pipeline
 
-from hf_tinyvit.data import load_image_dataset, save_teacher_logits
+from hf_tinyvit import load_image_dataset, save_teacher_logits
+from hf_tinyvit.cli import main as cli
 from test_trainer_distillation import TRAIN_RECIPE, fit_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,13 +105,9 @@ class RecordingHubApi:
 def test_one_process_run_pushes_a_pipeline_ready_model_with_a_parsing_card(store_path, tmp_path, monkeypatch):
     hub = RecordingHubApi()
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub)
-    spec = importlib.util.spec_from_file_location("distill_example", SCRIPT)
-    distill = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, distill)  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(distill)
     output_dir = tmp_path / "out"
-    trainer = distill.main(
-        script_args(
+    trainer = cli(
+        ["distill", *script_args(
             store_path,
             output_dir,
             "--push_to_hub",
@@ -123,7 +119,7 @@ def test_one_process_run_pushes_a_pipeline_ready_model_with_a_parsing_card(store
             "8",
             "--hub_strategy",
             "checkpoint",
-        )
+        )]
     )
 
     assert hub.repos == ["me/tinyvit-digits"]
@@ -165,7 +161,7 @@ def test_two_gloo_processes_train_in_lock_step(store_path, tmp_path):
     launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(port)]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, str(SCRIPT)]
-    command += script_args(store_path, tmp_path / "out")
+    command += script_args(store_path, tmp_path / "out", "--log_level", "info", "--log_level_replica", "info")
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = re.findall(

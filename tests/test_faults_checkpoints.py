@@ -4,7 +4,6 @@ through the Auto classes with trust_remote_code=False."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import zipfile
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification
 
-from hf_tinyvit.data import load_teacher
+from hf_tinyvit import load_teacher
 
 timm = pytest.importorskip("timm")
 
@@ -24,11 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEIT_VARIANT = "deit_tiny_distilled_patch16_224"
 
 
-def load_converter(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "conversion" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def convert_cli(argv):
+    from hf_tinyvit.cli import main
+
+    return main(["convert", *argv])
 
 
 class MarkerOnLoad:
@@ -93,11 +91,10 @@ def test_pickled_code_in_a_checkpoint_never_runs(deit_pth, tmp_path):
     whole = tmp_path / "evil_object.pth"
     torch.save(MarkerOnLoad(marker), whole)
 
-    convert = load_converter("convert_deit_checkpoint")
     for checkpoint in (evil, whole):
         output = tmp_path / f"out-{checkpoint.stem}"
         with pytest.raises(ValueError, match=r"weights_only=True.*never pickled objects"):
-            convert.main(["--checkpoint", str(checkpoint), "--variant", DEIT_VARIANT, "--output-dir", str(output)])
+            convert_cli(["--checkpoint", str(checkpoint), "--variant", DEIT_VARIANT, "--output-dir", str(output)])
         assert not output.exists()
         with pytest.raises(ValueError, match=r"weights_only=True"):
             load_teacher("timm:resnet10t", weights=str(checkpoint))
@@ -124,9 +121,7 @@ def test_teacher_weights_that_do_not_fit_are_listed(tmp_path):
 
 def test_converter_writes_no_pickle_and_loads_without_remote_code(deit_pth, tmp_path):
     output = tmp_path / "converted"
-    load_converter("convert_deit_checkpoint").main(
-        ["--checkpoint", str(deit_pth), "--variant", DEIT_VARIANT, "--output-dir", str(output)]
-    )
+    convert_cli(["--checkpoint", str(deit_pth), "--variant", DEIT_VARIANT, "--output-dir", str(output)])
     assert {p.suffix for p in output.iterdir()} <= {".safetensors", ".json", ".md"}, list(output.iterdir())
     assert_only_safe_files(output)
     assert "auto_map" not in json.loads((output / "config.json").read_text())
@@ -153,18 +148,17 @@ def tinyvit_pth(tmp_path_factory):
 
 
 def test_tinyvit_converter_refuses_pickled_code_and_writes_no_pickle(tinyvit_pth, tmp_path):
-    convert = load_converter("convert_tinyvit_checkpoint")
     marker = tmp_path / "marker"
     state = torch.load(tinyvit_pth, weights_only=True)
     state["model"]["head.fc.bias"] = MarkerOnLoad(marker)
     torch.save(state, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match=r"weights_only=True"):
-        convert.main(["--checkpoint", str(tmp_path / "evil.pth"), "--variant", "tiny_vit_5m_224",
+        convert_cli(["--checkpoint", str(tmp_path / "evil.pth"), "--variant", "tiny_vit_5m_224",
                       "--output-dir", str(tmp_path / "refused")])  # fmt: skip
     assert not marker.exists() and not (tmp_path / "refused").exists()
 
     output = tmp_path / "converted"
-    convert.main(["--checkpoint", str(tinyvit_pth), "--variant", "tiny_vit_5m_224", "--output-dir", str(output)])
+    convert_cli(["--checkpoint", str(tinyvit_pth), "--variant", "tiny_vit_5m_224", "--output-dir", str(output)])
     assert_only_safe_files(output)
     # the folder may carry modeling code for environments without hf_tinyvit; with it, no remote code is needed
     model = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=False)

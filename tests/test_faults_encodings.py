@@ -15,17 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationParams,
     AugmentationRecipe,
-    RandAugmentOp,
     StoredLogitsDataset,
     TeacherLogitStore,
     apply_augmentation,
     decode_augmentation,
     save_teacher_logits,
 )
-from hf_tinyvit.data.augment import _LEVEL_TO_ARGUMENT
+from hf_tinyvit.augment import RandAugmentOp
+from hf_tinyvit.augment.sampling import LEVEL_TO_ARGUMENT
 
 pytestmark = pytest.mark.fault
 # derandomized: the same examples on every run and machine, so a failure reproduces
@@ -72,7 +72,7 @@ def test_decoding_any_seed_and_source_size(seed, height, width):
 boxes = st.one_of(st.tuples(small_ints, small_ints, small_ints, small_ints), junk)
 ops = st.builds(
     RandAugmentOp,
-    name=st.one_of(st.sampled_from(sorted(_LEVEL_TO_ARGUMENT)), st.text(max_size=6)),
+    name=st.one_of(st.sampled_from(sorted(LEVEL_TO_ARGUMENT)), st.text(max_size=6)),
     magnitude=numbers,
     argument=st.one_of(st.none(), numbers, st.floats(-2, 300)),
 )

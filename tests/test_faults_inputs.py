@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
     StoredLogitsDataset,

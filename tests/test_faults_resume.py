@@ -3,7 +3,6 @@ with --resume_from_checkpoint, it logs the uninterrupted run's losses and ends o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -42,14 +41,9 @@ def complete_checkpoints(output_dir) -> list[int]:
 
 
 def test_killed_training_resumes_to_the_uninterrupted_losses_and_weights(store_path, tmp_path):  # noqa: F811
-    spec = importlib.util.spec_from_file_location("distill_example_resume", SCRIPT)
-    distill = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = distill  # dataclasses resolve annotations through sys.modules
-    try:
-        spec.loader.exec_module(distill)
-        distill.main(script_args(store_path, tmp_path / "whole", *CHECKPOINTS))
-    finally:
-        del sys.modules[spec.name]
+    from hf_tinyvit.cli import main as cli
+
+    cli(["distill", *script_args(store_path, tmp_path / "whole", *CHECKPOINTS)])
 
     generator = torch.Generator().manual_seed(2)
     first = 4 * int(torch.randint(1, 4, (1,), generator=generator))  # checkpoint 4, 8 or 12

@@ -5,7 +5,6 @@ ever sees complete shards; and 1 or 2 processes with 0 or 2 DataLoader workers g
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -118,18 +117,17 @@ def save_args(teacher: Path, output_dir: Path, workers: int = 0) -> list[str]:
     return [arg for key, value in options.items() for arg in (f"--{key}", str(value))]
 
 
-def save_example():
-    spec = importlib.util.spec_from_file_location("save_teacher_logits_example", SAVE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def save_logits(argv):
+    from hf_tinyvit.cli import main
+
+    return main(["save-logits", *argv])
 
 
 @pytest.fixture(scope="module")
 def reference(teacher_folder, tmp_path_factory):
     """An uninterrupted one-process, zero-worker run of the script, in this process."""
     output = tmp_path_factory.mktemp("reference") / "store"
-    save_example().main(save_args(teacher_folder, output))
+    save_logits(save_args(teacher_folder, output))
     return output
 
 
@@ -251,7 +249,7 @@ def test_sigkilled_saving_resumes_to_the_uninterrupted_bytes(teacher_folder, ref
 def test_process_and_worker_counts_give_identical_stores(teacher_folder, reference, tmp_path):
     stores = {"1 process, 0 workers": reference}
     stores["1 process, 2 workers"] = tmp_path / "one-two"
-    save_example().main(save_args(teacher_folder, stores["1 process, 2 workers"], workers=2))
+    save_logits(save_args(teacher_folder, stores["1 process, 2 workers"], workers=2))
     stores["2 processes, 2 workers"] = tmp_path / "two-two"
     launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", str(free_port())]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]

@@ -11,8 +11,7 @@ from huggingface_hub import ModelCard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 import imagenet_teacher_photos as example  # noqa: E402
-
-from hf_tinyvit.data import AugmentationRecipe, load_teacher  # noqa: E402
+from hf_tinyvit import AugmentationRecipe, load_teacher  # noqa: E402
 from hf_tinyvit.hub import imagenet_id2label  # noqa: E402
 
 CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from hf_tinyvit.data.sparse import index_dtype, sparse_to_dense, teacher_hard_labels, topk_probabilities
+from hf_tinyvit.store.format import (
+    index_dtype,
+    sparse_to_dense,
+    teacher_hard_labels,
+    topk_probabilities,
+)
 
 
 @pytest.mark.parametrize("num_labels,dtype", [(10, np.uint8), (256, np.uint8), (257, np.uint16), (21841, np.uint16), (70000, np.uint32)])

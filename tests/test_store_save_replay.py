@@ -5,14 +5,14 @@ import filecmp
 import json
 import os
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-import datasets
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
     StoredLogitsDataset,

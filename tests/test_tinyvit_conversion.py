@@ -1,6 +1,5 @@
 """TinyViT checkpoint conversion: key maps, qkv layout, layout detection, the CLI on Cream and timm files."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification
-from hf_tinyvit.models.tinyvit.conversion_tinyvit import (
+from hf_tinyvit.models.tinyvit.convert_tinyvit import (
     cream_to_timm_key,
     detect_layout,
     parse_variant,
@@ -24,11 +23,10 @@ timm = pytest.importorskip("timm")
 _SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_tinyvit_checkpoint.py"
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location("convert_tinyvit_checkpoint", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def convert_cli(argv):
+    from hf_tinyvit.cli import main
+
+    return main(["convert", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +101,12 @@ def test_layout_detection_and_variant_names(timm_5m):
 
 def test_cli_converts_cream_pth_and_timm_safetensors_to_the_same_model(timm_5m, tmp_path):
     from safetensors.torch import save_file
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        pipeline,
+    )
 
-    cli = load_cli()
     timm_state = timm_5m.state_dict()
     # The official release wraps Cream-layout weights in {"model": ...} and carries the index buffers.
     cream_state = timm_to_cream_state_dict(timm_state)
@@ -113,10 +114,10 @@ def test_cli_converts_cream_pth_and_timm_safetensors_to_the_same_model(timm_5m, 
     torch.save({"model": cream_state}, tmp_path / "cream.pth")
     save_file({k: v.contiguous() for k, v in timm_state.items()}, str(tmp_path / "timm.safetensors"))
 
-    cli.main(["--checkpoint", str(tmp_path / "cream.pth"), "--variant", "tiny_vit_5m_224",
-              "--output-dir", str(tmp_path / "from_cream")])  # fmt: skip
-    cli.main(["--checkpoint", str(tmp_path / "timm.safetensors"), "--variant", "tiny_vit_5m_224",
-              "--output-dir", str(tmp_path / "from_timm")])  # fmt: skip
+    convert_cli(["--checkpoint", str(tmp_path / "cream.pth"), "--variant", "tiny_vit_5m_224",
+                 "--output-dir", str(tmp_path / "from_cream")])  # fmt: skip
+    convert_cli(["--checkpoint", str(tmp_path / "timm.safetensors"), "--variant", "tiny_vit_5m_224",
+                 "--output-dir", str(tmp_path / "from_timm")])  # fmt: skip
 
     folder = tmp_path / "from_cream"
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
@@ -148,7 +149,8 @@ def test_cli_converts_cream_pth_and_timm_safetensors_to_the_same_model(timm_5m, 
 
 
 def test_cli_rejects_checkpoints_that_do_not_fit_and_writes_nothing(timm_5m, tmp_path):
-    cli = load_cli()
+    from hf_tinyvit.models.tinyvit.convert_tinyvit import convert
+
     state = dict(timm_5m.state_dict())
     del state["stages.1.blocks.0.mlp.fc1.bias"]
     state["stages.9.extra.weight"] = torch.zeros(1)
@@ -156,11 +158,11 @@ def test_cli_rejects_checkpoints_that_do_not_fit_and_writes_nothing(timm_5m, tmp
     torch.save(state, tmp_path / "broken.pth")
     output = tmp_path / "out"
     with pytest.raises(ValueError) as error:
-        cli.convert(tmp_path / "broken.pth", "tiny_vit_5m_224", output)
+        convert(tmp_path / "broken.pth", "tiny_vit_5m_224", output)
     message = str(error.value)
     assert "1 missing: tinyvit.encoder.stages.1.layers.0.mlp.fc1.bias" in message
     assert "1 unexpected: stages.9.extra.weight" in message  # unmapped keys keep their source names
     assert "tinyvit.encoder.stages.2.layers.0.attention.projection.weight: expected (160, 160), got (3, 3)" in message
     assert not output.exists()
     with pytest.raises(ValueError, match="ImageNet-21k head but .* has 1000 classes"):
-        cli.convert(tmp_path / "broken.pth", "tiny_vit_5m_224.dist_in22k", output)
+        convert(tmp_path / "broken.pth", "tiny_vit_5m_224.dist_in22k", output)

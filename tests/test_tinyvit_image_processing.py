@@ -5,7 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_tinyvit.models.tinyvit import TinyViTConfig, eval_preprocessing, tinyvit_image_processor
+from hf_tinyvit.models.tinyvit import (
+    TinyViTConfig,
+    eval_preprocessing,
+    tinyvit_image_processor,
+)
 
 timm = pytest.importorskip("timm")
 skimage_data = pytest.importorskip("skimage.data")

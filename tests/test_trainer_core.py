@@ -11,17 +11,17 @@ import torch
 from sklearn.datasets import load_digits
 from transformers import ViTConfig, ViTForImageClassification
 
-from hf_tinyvit.data.sparse import topk_probabilities
-from hf_tinyvit.losses import cross_entropy, deit_hard_distillation_loss, deit_soft_distillation_loss
-from hf_tinyvit.models.deit_distilled import DeiTDistilledConfig, DeiTDistilledForImageClassification
+from hf_tinyvit.models.deit_distilled import (
+    DeiTDistilledConfig,
+    DeiTDistilledForImageClassification,
+)
 from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification
+from hf_tinyvit.store.format import topk_probabilities
 from hf_tinyvit.training import (
     DistillationTrainer,
     DistillationTrainingArguments,
-    TeacherSignal,
     accuracy_metric,
     classification_metrics,
-    distillation_loss,
     layer_decay_parameter_groups,
 )
 
@@ -117,43 +117,6 @@ def arguments(tmp_path, **kwargs):
 # ---- loss routing --------------------------------------------------------------------------------
 
 
-def test_distillation_loss_routes_each_mode_to_the_shared_losses():
-    generator = torch.Generator().manual_seed(0)
-    cls, dist = torch.randn(2, 6, 5, generator=generator)
-    labels = torch.randint(0, 5, (6,), generator=generator)
-    probs = torch.softmax(torch.randn(6, 5, generator=generator), dim=-1)
-    teacher = TeacherSignal(probs=probs, hard_labels=probs.argmax(-1))
-    kw = dict(alpha=0.3, tau=2.0, label_smoothing=0.1)
-
-    torch.testing.assert_close(distillation_loss("none", cls, cls, labels, None, **kw), cross_entropy(cls, labels, 0.1))
-    torch.testing.assert_close(
-        distillation_loss("none", cls, dist, labels, None, **kw),
-        deit_hard_distillation_loss(cls, dist, labels, labels, 0.1, 0.1),
-    )
-    torch.testing.assert_close(
-        distillation_loss("hard", cls, dist, labels, teacher, **kw),
-        deit_hard_distillation_loss(cls, dist, labels, probs.argmax(-1), 0.1),
-    )
-    torch.testing.assert_close(
-        distillation_loss("soft", cls, cls, labels, teacher, **kw),
-        deit_soft_distillation_loss(cls, cls, labels, probs, 0.3, 2.0, 0.1),
-    )
-    # stored: a single head learns the teacher only; a DeiT student's class head takes labels when given.
-    torch.testing.assert_close(distillation_loss("stored", cls, cls, labels, teacher, **kw), cross_entropy(cls, probs))
-    torch.testing.assert_close(
-        distillation_loss("stored", cls, dist, labels, teacher, **kw),
-        0.5 * cross_entropy(cls, labels, 0.1) + 0.5 * cross_entropy(dist, probs),
-    )
-    torch.testing.assert_close(
-        distillation_loss("stored", cls, dist, None, teacher, **kw),
-        0.5 * cross_entropy(cls, probs) + 0.5 * cross_entropy(dist, probs),
-    )
-    with pytest.raises(ValueError, match="distillation_type='hard' needs 'labels'"):
-        distillation_loss("hard", cls, dist, None, teacher, **kw)
-    with pytest.raises(ValueError, match="distillation_type='soft' needs a teacher signal"):
-        distillation_loss("soft", cls, dist, labels, None, **kw)
-
-
 def test_live_teacher_runs_in_eval_mode_outside_the_optimizer_and_stays_unchanged(tmp_path):
     teacher = tiny_vit(seed=1)
     teacher.train()
@@ -201,7 +164,7 @@ def test_stored_mode_without_stored_targets_fails_on_the_first_batch(tmp_path):
         args=arguments(tmp_path, distillation_type="stored", teacher_logits="s"),
         train_dataset=DigitViews(8),
     )
-    with pytest.raises(ValueError, match="needs teacher_topk_values / teacher_topk_indices in every batch"):
+    with pytest.raises(ValueError, match="needs a teacher signal"):
         trainer.train()
 
 
@@ -300,25 +263,29 @@ def test_freeze_batchnorm_keeps_running_statistics_while_weights_train(tmp_path)
 # ---- data handling ----------------------------------------------------------------------------------
 
 
-def test_target_columns_survive_pruning_without_touching_the_callers_arguments(tmp_path):
+def test_target_columns_survive_because_remove_unused_columns_is_off_and_refused_when_distilling(tmp_path):
     teacher = tiny_vit(seed=1)
     views = DigitViews(16, teacher=teacher)
     table = datasets.Dataset.from_dict({key: [views[i][key].tolist() for i in range(len(views))] for key in views[0]})
     table = table.add_column("unused", ["x"] * len(table)).with_format("torch")
     args = arguments(tmp_path, distillation_type="soft", teacher_logits="store")
+    assert args.remove_unused_columns is False  # the arguments' own default, not something the trainer flips
     trainer = DistillationTrainer(model=tiny_vit(), args=args, train_dataset=table)
     batch = next(iter(trainer.get_train_dataloader()))
     assert {"pixel_values", "labels", "teacher_topk_values", "teacher_topk_indices"} <= set(batch)
-    assert "unused" not in batch
-    assert args.remove_unused_columns is True
+    assert args.remove_unused_columns is False
     trainer.train()
+    with pytest.raises(ValueError, match=r"remove_unused_columns=True would drop the teacher targets"):
+        arguments(tmp_path, distillation_type="soft", teacher_logits="store", remove_unused_columns=True)
 
 
-def test_dataset_collate_fn_and_set_epoch_are_used(tmp_path):
-    class Recording(DigitViews):
+def test_a_distillation_dataset_brings_its_collate_shuffle_and_epoch(tmp_path):
+    from hf_tinyvit import DistillationDataset
+
+    class Recording(DigitViews, DistillationDataset):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            self.epochs, self.collated = [], 0
+            self.epochs, self.collated, self.sampler_seeds = [], 0, []
 
         def set_epoch(self, epoch):
             self.epochs.append(epoch)
@@ -327,11 +294,54 @@ def test_dataset_collate_fn_and_set_epoch_are_used(tmp_path):
             self.collated += 1
             return torch.utils.data.default_collate(items)
 
+        def train_sampler(self, seed=0):
+            self.sampler_seeds.append(seed)
+            return torch.utils.data.RandomSampler(self, generator=torch.Generator().manual_seed(seed))
+
     train = Recording(16)
-    trainer = DistillationTrainer(model=tiny_vit(), args=arguments(tmp_path, num_train_epochs=3), train_dataset=train)
+    trainer = DistillationTrainer(
+        model=tiny_vit(), args=arguments(tmp_path, num_train_epochs=3, seed=5), train_dataset=train
+    )
     trainer.train()
     assert train.collated == 6
     assert sorted(set(train.epochs)) == [0, 1, 2]
+    assert train.sampler_seeds and set(train.sampler_seeds) == {5}
+
+    # Anything else is not probed for look-alike attributes: the typed base class is the contract.
+    class LookAlike(DigitViews):
+        collated = 0
+
+        def collate_fn(self, items):
+            LookAlike.collated += 1
+            return torch.utils.data.default_collate(items)
+
+    DistillationTrainer(model=tiny_vit(), args=arguments(tmp_path / "plain"), train_dataset=LookAlike(16)).train()
+    assert LookAlike.collated == 0
+
+
+def test_the_pinned_private_trainer_hooks_still_exist():
+    """DistillationTrainer overrides exactly one private Trainer method; an upgrade that drops or renames it
+    must fail here, loudly, rather than train with Trainer's default sampler."""
+    import inspect
+
+    from transformers import Trainer
+
+    from hf_tinyvit.training import PINNED_PRIVATE_HOOKS
+
+    assert PINNED_PRIVATE_HOOKS == ("_get_train_sampler",)
+    for name in PINNED_PRIVATE_HOOKS:
+        assert hasattr(Trainer, name), (
+            f"transformers {__import__('transformers').__version__} has no Trainer.{name}: DistillationTrainer "
+            "overrides it to hand the dataloader the dataset's own shuffle; port that override to the new hook"
+        )
+        assert list(inspect.signature(getattr(Trainer, name)).parameters)[:2] == ["self", "train_dataset"], (
+            f"Trainer.{name} changed its signature; check DistillationTrainer.{name} against it"
+        )
+    overridden = {
+        name for name, value in vars(DistillationTrainer).items()
+        if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(Trainer, name)
+    }  # fmt: skip
+    assert overridden == set(PINNED_PRIVATE_HOOKS), f"unpinned private Trainer overrides: {overridden}"
 
 
 # ---- metrics --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from hf_tinyvit.data import (
+from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
     StoredLogitsDataset,
@@ -26,7 +26,10 @@ from hf_tinyvit.data import (
     load_image_dataset,
     save_teacher_logits,
 )
-from hf_tinyvit.models.deit_distilled import DeiTDistilledConfig, DeiTDistilledForImageClassification
+from hf_tinyvit.models.deit_distilled import (
+    DeiTDistilledConfig,
+    DeiTDistilledForImageClassification,
+)
 from hf_tinyvit.models.tinyvit import TinyViTConfig, TinyViTForImageClassification
 from hf_tinyvit.training import DistillationTrainer, DistillationTrainingArguments
 

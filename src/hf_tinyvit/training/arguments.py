@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-__all__ = ["DISTILLATION_TYPES", "DistillationTrainingArguments"]
+from ..losses import DistillationMode, check_alpha, check_label_smoothing, check_tau
 
-DISTILLATION_TYPES = ("none", "hard", "soft", "stored")
+__all__ = ["DistillationTrainingArguments"]
 
 
 @dataclass
@@ -28,7 +28,7 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "none: plain training or fine-tuning on labels. hard / soft: DeiT's hard or soft distillation "
             "from a live `teacher` or a `teacher_logits` store. stored: TinyViT's fast pretraining distillation, "
             "cross-entropy against the stored sparse teacher distribution of the replayed view (no labels needed).",
-            "choices": list(DISTILLATION_TYPES),
+            "choices": DistillationMode.values(),
         },
     )
     alpha: float = field(
@@ -43,7 +43,7 @@ class DistillationTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Live teacher for hard/soft distillation: a transformers model folder, a Hub id, or "
-            "`timm:<model_name>` (with --teacher_weights). Loaded with hf_tinyvit.data.load_teacher."
+            "`timm:<model_name>` (with --teacher_weights). Loaded with hf_tinyvit.load_teacher."
         },
     )
     teacher_weights: str | None = field(
@@ -57,13 +57,19 @@ class DistillationTrainingArguments(TrainingArguments):
             "distillation_type=stored; for hard/soft it replaces a live teacher."
         },
     )
-    mixup_alpha: float = field(
-        default=0.0,
-        metadata={"help": "Mixup beta-distribution alpha for online runs (0 disables), >= 0."},
+    mixup_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Mixup beta-distribution alpha for online runs, >= 0; 0 disables it, unset keeps the "
+            "augmentation preset's value."
+        },
     )
-    cutmix_alpha: float = field(
-        default=0.0,
-        metadata={"help": "CutMix beta-distribution alpha for online runs (0 disables), >= 0."},
+    cutmix_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "CutMix beta-distribution alpha for online runs, >= 0; 0 disables it, unset keeps the "
+            "augmentation preset's value."
+        },
     )
     layer_lr_decay: float = field(
         default=1.0,
@@ -71,6 +77,14 @@ class DistillationTrainingArguments(TrainingArguments):
             "help": "Layer-wise learning-rate decay in (0, 1]: a layer at depth d of L gets lr * decay**(L - 1 - d), "
             "the head keeps lr. 1 disables it. Needs a model with get_num_layers_for_lr_decay / "
             "get_layer_id_for_lr_decay (TinyViT, DeiT-distilled)."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop batch entries the model's forward does not take (transformers' default is True). Off "
+            "here: the teacher targets (teacher_topk_values, teacher_topk_indices) and sample ids are not forward "
+            "arguments but the loss needs them; a distillation run refuses True."
         },
     )
     freeze_batchnorm: bool = field(
@@ -87,19 +101,17 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
 
     def _check_distillation_fields(self) -> None:
-        if self.distillation_type not in DISTILLATION_TYPES:
-            raise ValueError(f"distillation_type={self.distillation_type!r} must be one of {list(DISTILLATION_TYPES)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha} must lie in [0, 1]")
-        if not self.tau > 0.0:
-            raise ValueError(f"tau={self.tau} must be > 0")
+        # The same checks as the model configs' (hf_tinyvit.losses), so a value is valid in both or in neither.
+        self.distillation_type = DistillationMode.parse(self.distillation_type).value
+        check_alpha(self.alpha)
+        check_tau(self.tau)
         for name in ("mixup_alpha", "cutmix_alpha"):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
+            value = getattr(self, name)
+            if value is not None and not value >= 0.0:
+                raise ValueError(f"{name}={value} must be >= 0 (0 disables it; leave it unset for the preset's value)")
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay={self.layer_lr_decay} must lie in (0, 1] (1 disables it)")
-        if not 0.0 <= self.label_smoothing_factor < 1.0:
-            raise ValueError(f"label_smoothing_factor={self.label_smoothing_factor} must lie in [0, 1)")
+        check_label_smoothing(self.label_smoothing_factor, "label_smoothing_factor")
 
         mode = self.distillation_type
         if self.teacher_weights is not None and self.teacher is None:
@@ -120,7 +132,7 @@ class DistillationTrainingArguments(TrainingArguments):
                     f"distillation_type='stored' runs no teacher, but teacher={self.teacher!r} was given; "
                     "drop it, or use distillation_type hard/soft for a live teacher"
                 )
-        if self.teacher_logits is not None and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+        if self.teacher_logits is not None and (self.mixup_alpha is not None or self.cutmix_alpha is not None):
             raise ValueError(
                 f"mixup_alpha={self.mixup_alpha} / cutmix_alpha={self.cutmix_alpha} apply to online runs only: "
                 "with teacher_logits the views, Mixup/CutMix included, are replayed from the store's recipe"
@@ -129,5 +141,10 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"distillation_type={mode!r} takes one teacher source, got both teacher={self.teacher!r} and "
                 f"teacher_logits={self.teacher_logits!r}"
+            )
+        if mode != "none" and self.remove_unused_columns:
+            raise ValueError(
+                f"remove_unused_columns=True would drop the teacher targets and sample ids that "
+                f"distillation_type={mode!r} reads (they are not arguments of the model's forward); leave it False"
             )
         # hard/soft with neither source is checked by DistillationTrainer, which may also get a teacher module.

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..augment.views import DistillationDataset
+
 __all__ = ["distillation_summary", "write_trainer_model_card"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -23,16 +25,16 @@ def _looks_like_hub_id(name: str | None) -> bool:
 def _store_metadata(trainer: Any) -> dict | None:
     # Read from the StoredLogitsDataset the trainer already holds; opening args.teacher_logits here could
     # mean a Hub download during a checkpoint save.
-    store = getattr(trainer.train_dataset, "store", None)
-    metadata = getattr(store, "metadata", None)
-    return dict(metadata) if metadata is not None else None
+    dataset = trainer.train_dataset
+    store = dataset.store if isinstance(dataset, DistillationDataset) else None
+    return dict(store.metadata) if store is not None else None
 
 
 def _recipe_dict(trainer: Any, metadata: dict | None) -> dict | None:
     if metadata is not None and metadata.get("recipe") is not None:
         return metadata["recipe"]
-    recipe = getattr(trainer.train_dataset, "recipe", None)
-    return recipe.to_dict() if hasattr(recipe, "to_dict") else None
+    dataset = trainer.train_dataset
+    return dataset.recipe.to_dict() if isinstance(dataset, DistillationDataset) else None
 
 
 def distillation_summary(trainer: Any) -> tuple[str, list[str], dict | None]:

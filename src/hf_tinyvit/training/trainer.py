@@ -1,108 +1,55 @@
 """`DistillationTrainer`: a transformers `Trainer` for TinyViT's fast pretraining distillation from stored
-sparse teacher logits, DeiT's hard and soft distillation from a live or stored teacher, and plain fine-tuning."""
+sparse teacher logits, DeiT's hard and soft distillation from a live or stored teacher, and plain fine-tuning.
+
+It extends `Trainer` through its public hooks (`compute_loss`, `prediction_step`, `get_batch_samples`,
+`save_model`, the optimizer hooks, a data collator and a callback) and one private one,
+`_get_train_sampler`, pinned by a test (see `PINNED_PRIVATE_HOOKS`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 from transformers import Trainer
 
-from ..data.sparse import sparse_to_dense, teacher_hard_labels
-from ..losses import cross_entropy, deit_hard_distillation_loss, deit_soft_distillation_loss
+from ..augment.views import DistillationDataset
+from ..losses import (
+    DistillationMode,
+    TeacherTarget,
+    distillation_loss,
+    reconcile_setting,
+    student_heads,
+)
+from ..store.format import sparse_to_dense, teacher_hard_labels
 from .arguments import DistillationTrainingArguments
+from .callbacks import ReplayEpochCallback
 from .metrics import IGNORE_INDEX, compute_classification_metrics
 
-__all__ = [
-    "DistillationTrainer",
-    "TeacherSignal",
-    "distillation_loss",
-    "layer_decay_parameter_groups",
-    "student_heads",
-]
+__all__ = ["PINNED_PRIVATE_HOOKS", "DistillationTrainer", "layer_decay_parameter_groups"]
 
 logger = logging.getLogger(__name__)
 
-# Batch keys that carry targets rather than model inputs; the collator must keep them and the
-# model must not receive them.
+# Private Trainer methods this trainer overrides; tests/test_trainer_core.py fails with a clear message
+# when the installed transformers no longer has one, instead of training with the default silently.
+# `_get_train_sampler`: the only way to hand Trainer's dataloader the dataset's own shuffle, which keeps
+# Mixup/CutMix partners in one batch (each image decoded once) and depends on (seed, epoch) alone.
+PINNED_PRIVATE_HOOKS = ("_get_train_sampler",)
+
+# Batch keys that carry targets or bookkeeping rather than model inputs.
 TEACHER_KEYS = ("teacher_topk_values", "teacher_topk_indices", "teacher_labels")
-TARGET_KEYS = ("labels", "label", "label_ids", *TEACHER_KEYS)
-NON_MODEL_KEYS = (*TARGET_KEYS, "sample_id")
-
-
-@dataclass
-class TeacherSignal:
-    """What the teacher says about a batch: its distribution at temperature 1 (needed by the soft and
-    stored losses) and its top-1 class (the hard loss, and the agreement metric)."""
-
-    probs: torch.Tensor | None
-    hard_labels: torch.Tensor
-
-
-def student_heads(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class-head logits, distillation-head logits). A single-head student returns its logits twice,
-    so it takes both the label term and the teacher term on its one head."""
-    cls_logits = getattr(outputs, "cls_logits", None)
-    distillation_logits = getattr(outputs, "distillation_logits", None)
-    if cls_logits is not None and distillation_logits is not None:
-        return cls_logits, distillation_logits
-    logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-    return logits, logits
-
-
-def distillation_loss(
-    distillation_type: str,
-    cls_logits: torch.Tensor,
-    distillation_logits: torch.Tensor,
-    labels: torch.Tensor | None,
-    teacher: TeacherSignal | None,
-    *,
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """Route one batch to the loss its mode defines; the numerics live in `hf_tinyvit.losses`.
-
-    - none: cross-entropy on labels (both heads of a DeiT student, so its fused output stays sound);
-    - hard / soft: DeiT's losses, labels on the class head and the teacher on the distillation head;
-    - stored: cross-entropy against the teacher distribution; a DeiT student with labels puts them on
-      its class head, without labels both of its heads learn the teacher distribution.
-    """
-    if distillation_type in ("none", "hard", "soft") and labels is None:
-        raise ValueError(f"distillation_type={distillation_type!r} needs 'labels' in every batch; none were given")
-    if distillation_type != "none" and teacher is None:
-        raise ValueError(
-            f"distillation_type={distillation_type!r} needs a teacher signal: batches with teacher_topk_values / "
-            "teacher_topk_indices (a StoredLogitsDataset) or a live teacher"
-        )
-    if distillation_type == "none":
-        if cls_logits is distillation_logits:
-            return cross_entropy(cls_logits, labels, label_smoothing)
-        return deit_hard_distillation_loss(
-            cls_logits, distillation_logits, labels, labels, label_smoothing, label_smoothing
-        )
-    if distillation_type == "hard":
-        return deit_hard_distillation_loss(
-            cls_logits, distillation_logits, labels, teacher.hard_labels, label_smoothing
-        )
-    if distillation_type == "soft":
-        return deit_soft_distillation_loss(
-            cls_logits, distillation_logits, labels, teacher.probs, alpha, tau, label_smoothing
-        )
-    if distillation_type == "stored":
-        if cls_logits is distillation_logits:
-            return cross_entropy(distillation_logits, teacher.probs)
-        # cross_entropy takes class indices or distributions, so the hard loss's two-head split serves here.
-        class_target = labels if labels is not None else teacher.probs
-        return deit_hard_distillation_loss(
-            cls_logits, distillation_logits, class_target, teacher.probs, label_smoothing if labels is not None else 0.0
-        )
-    raise ValueError(f"distillation_type={distillation_type!r} must be one of none, hard, soft, stored")
+NON_MODEL_KEYS = ("labels", "label", "label_ids", *TEACHER_KEYS, "sample_id")
+# Config fields of a two-headed student (DeiTDistilledConfig) that the training arguments also set.
+_SHARED_SETTINGS = (
+    ("distillation_type", "distillation_type"),
+    ("distillation_alpha", "alpha"),
+    ("distillation_tau", "tau"),
+    ("label_smoothing", "label_smoothing_factor"),
+)
 
 
 def layer_decay_parameter_groups(
@@ -156,6 +103,11 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def heads_logits(outputs: Any) -> torch.Tensor:
+    """The logits inference uses (a DeiT's late fusion of its two heads)."""
+    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+
+
 def _batch_size(batch: Mapping[str, Any]) -> int:
     for key in ("pixel_values", "labels", "teacher_topk_indices"):
         value = batch.get(key)
@@ -175,13 +127,17 @@ def _num_labels(module: nn.Module | None) -> int | None:
 
 
 class DistillationTrainer(Trainer):
-    """`Trainer` whose `compute_loss` wires a student to its targets for `args.distillation_type`.
+    """`Trainer` whose `compute_loss` wires a student to its targets for `args.distillation_type`, through
+    the one loss router (`hf_tinyvit.losses.distillation_loss`).
 
     `teacher_model` is a module or a spec string (model folder, Hub id, `timm:<name>`) loaded with
-    `hf_tinyvit.data.load_teacher`; when omitted, `args.teacher` is used. The teacher is prepared by the
+    `hf_tinyvit.load_teacher`; when omitted, `args.teacher` is used. The teacher is prepared by the
     trainer's accelerator in evaluation mode, runs under `torch.inference_mode` and never enters the
-    optimizer. Datasets providing `collate_fn` / `train_sampler` get them used, and the train dataset's
-    `set_epoch` is called at every epoch (resumed ones included), so stored logits follow the epoch.
+    optimizer; its logits are checked per batch. A `DistillationDataset` (`AugmentedDataset`,
+    `StoredLogitsDataset`) brings its collate function, its shuffle and its epoch, which a callback
+    sets at every epoch (resumed ones included), so stored logits follow the epoch. A two-headed
+    student's config settings (`distillation_type`, alpha, tau, label smoothing) must agree with the
+    arguments; unset ones take the arguments' values, so the saved config says how it was trained.
     Without `compute_metrics`, evaluation reports top-1 (through `evaluate`), top-5 and, when a teacher
     signal is available, the student's agreement with the teacher. `compute_loss_func` is not taken:
     the loss is this trainer's job.
@@ -214,24 +170,29 @@ class DistillationTrainer(Trainer):
                 f"args must be DistillationTrainingArguments, got {type(args).__name__}; its distillation fields "
                 "(distillation_type, teacher, teacher_logits, ...) are what this trainer reads"
             )
-        mode = args.distillation_type
+        mode = DistillationMode.parse(args.distillation_type)
         if teacher_model is not None and args.teacher is not None:
             given = teacher_model if isinstance(teacher_model, str) else type(teacher_model).__name__
             raise ValueError(
                 f"teacher given twice: teacher_model={given!r} and args.teacher={args.teacher!r}; pass one"
             )
         teacher_model = teacher_model if teacher_model is not None else args.teacher
-        if teacher_model is not None and mode not in ("hard", "soft"):
+        if teacher_model is not None and mode not in (DistillationMode.HARD, DistillationMode.SOFT):
             raise ValueError(
-                f"a live teacher is only used by distillation_type 'hard' or 'soft', got {mode!r} "
+                f"a live teacher is only used by distillation_type 'hard' or 'soft', got {mode.value!r} "
                 "(stored runs replay the teacher's saved outputs instead)"
             )
-        if mode in ("hard", "soft") and teacher_model is None and args.teacher_logits is None:
+        if mode in (DistillationMode.HARD, DistillationMode.SOFT) and teacher_model is None and args.teacher_logits is None:
             raise ValueError(
-                f"distillation_type={mode!r} needs a teacher: teacher_model / --teacher (a live model) or "
+                f"distillation_type={mode.value!r} needs a teacher: teacher_model / --teacher (a live model) or "
                 "--teacher_logits (a stored-logit store)"
             )
-        self._user_data_collator = data_collator
+        if data_collator is None and isinstance(train_dataset, DistillationDataset):
+            # Mixed (distribution) and unmixed (index) labels batch together only through the dataset's collate.
+            data_collator = train_dataset.collate_fn
+        callbacks = list(callbacks or [])
+        if isinstance(train_dataset, DistillationDataset):
+            callbacks.append(ReplayEpochCallback(train_dataset))
         super().__init__(
             model=model,
             args=args,
@@ -246,6 +207,7 @@ class DistillationTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        self.mode = mode
         # We call the model without labels and compute the loss here, so the model never takes
         # num_items_in_batch; get_batch_samples counts samples for the accumulation scaling instead.
         self.model_accepts_loss_kwargs = False
@@ -259,11 +221,12 @@ class DistillationTrainer(Trainer):
     def _check_student(self, train_dataset: Any) -> None:
         student = self.accelerator.unwrap_model(self.model)
         num_labels = _num_labels(student)
-        store = getattr(train_dataset, "store", None)
+        store = train_dataset.store if isinstance(train_dataset, DistillationDataset) else None
         if store is not None and num_labels is not None:
-            from ..data import check_student_compatible
+            from ..store.reader import check_student_compatible
 
             check_student_compatible(store, num_labels)
+        self._reconcile_config(getattr(student, "config", None))
         if self.args.layer_lr_decay < 1.0 and not (
             hasattr(student, "get_num_layers_for_lr_decay") and hasattr(student, "get_layer_id_for_lr_decay")
         ):
@@ -276,9 +239,23 @@ class DistillationTrainer(Trainer):
         ):
             logger.warning("freeze_batchnorm=True but %s has no BatchNorm layer", type(student).__name__)
 
+    def _reconcile_config(self, config: Any) -> None:
+        """A student config that carries distillation settings (DeiT-distilled) must agree with the
+        arguments; the values it leaves unset are written in, so a saved config says how it was trained.
+        Plain fine-tuning (`none`) leaves a distilled model's settings as they are."""
+        if config is None or self.mode is DistillationMode.NONE:
+            return
+        for config_name, args_name in _SHARED_SETTINGS:
+            if not hasattr(config, config_name):
+                continue
+            value = reconcile_setting(config_name, getattr(config, config_name), args_name, getattr(self.args, args_name))
+            if getattr(config, config_name) is None:
+                logger.info("setting the student's config.%s = %r from the training arguments", config_name, value)
+                setattr(config, config_name, value)
+
     def _prepare_teacher(self, teacher: nn.Module | str, train_dataset: Any, processing_class: Any) -> nn.Module:
         if isinstance(teacher, str):
-            from ..data import load_teacher
+            from ..teachers import load_teacher
 
             mean, std = _student_normalisation(train_dataset, processing_class)
             teacher = load_teacher(teacher, weights=self.args.teacher_weights, input_mean=mean, input_std=std)
@@ -298,45 +275,14 @@ class DistillationTrainer(Trainer):
 
     # ---- data ------------------------------------------------------------------------------------
 
-    def _set_signature_columns_if_needed(self) -> None:
-        # Trainer keeps only the model's forward arguments; our targets must survive that pruning,
-        # for datasets.Dataset columns and torch-dataset dict items alike, without touching args.
-        super()._set_signature_columns_if_needed()
-        self._signature_columns += [key for key in TARGET_KEYS if key not in self._signature_columns]
-
-    def _get_dataloader(
-        self, dataset, description, batch_size, sampler_fn=None, is_training=False, dataloader_key=None
-    ):
-        # A dataset that knows how to batch itself (e.g. mixed and unmixed labels) brings a collate_fn;
-        # Trainer only looks at self.data_collator, so swap it in for this loader.
-        dataset_collate = getattr(dataset, "collate_fn", None)
-        if self._user_data_collator is not None or not callable(dataset_collate):
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        default_collator = self.data_collator
-        self.data_collator = dataset_collate
-        try:
-            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
-        finally:
-            self.data_collator = default_collator
-
     def _get_train_sampler(self, train_dataset=None):
+        # Pinned private hook (see PINNED_PRIVATE_HOOKS): the dataset's own shuffle replaces the default
+        # random sampler only; an explicit train_sampling_strategy is the user's call.
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        provided = getattr(train_dataset, "train_sampler", None)
-        # The dataset's sampler replaces the default shuffle only; an explicit strategy is the user's call.
-        if provided is None or self.args.train_sampling_strategy != "random":
+        if not isinstance(train_dataset, DistillationDataset) or self.args.train_sampling_strategy != "random":
             return super()._get_train_sampler(train_dataset)
-        if isinstance(provided, torch.utils.data.Sampler):
-            return provided
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return provided(seed=seed)
-
-    def _run_epoch(self, model, epoch, *args, **kwargs):
-        # accelerate's DataLoaderShard.set_epoch reaches the dataset only when the sampler has no set_epoch,
-        # which a seedable random sampler has; the stored logits must follow the epoch regardless.
-        set_epoch = getattr(self.train_dataset, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-        return super()._run_epoch(model, epoch, *args, **kwargs)
+        return train_dataset.train_sampler(seed=seed)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -383,68 +329,57 @@ class DistillationTrainer(Trainer):
 
     # ---- loss --------------------------------------------------------------------------------------
 
-    def _teacher_signal(self, model_inputs: dict[str, Any], batch: Mapping[str, Any], num_labels: int):
+    def _teacher_target(self, pixel_values: torch.Tensor, batch: Mapping[str, Any], num_labels: int):
+        """The teacher's target for a batch: the live teacher's checked logits, or the stored top-k
+        rebuilt into a distribution (or only stored top-1 labels); None without a teacher signal."""
         if self.teacher is not None:
+            from ..teachers import checked_teacher_logits
+
+            sample_ids = batch.get("sample_id")
+            if sample_ids is None:
+                sample_ids = torch.arange(pixel_values.shape[0])
             with torch.inference_mode():
-                teacher_logits = self.teacher(model_inputs["pixel_values"])
-                teacher_logits = getattr(teacher_logits, "logits", teacher_logits)
-                probs = torch.softmax(teacher_logits.float(), dim=-1)
+                logits = checked_teacher_logits(self.teacher, pixel_values, sample_ids, int(self.state.epoch or 0))
+                probs = torch.softmax(logits, dim=-1)
             # Inference tensors cannot be saved for backward; a clone outside the mode is an ordinary tensor.
-            probs = probs.clone()
-            return TeacherSignal(probs=probs, hard_labels=probs.argmax(dim=-1))
+            return TeacherTarget(probs=probs.clone())
         indices = batch.get("teacher_topk_indices")
         if indices is not None:
             values = batch.get("teacher_topk_values")
             probs = sparse_to_dense(values, indices, num_labels) if values is not None else None
-            return TeacherSignal(probs=probs, hard_labels=teacher_hard_labels(indices))
+            return TeacherTarget(probs=probs, hard_labels=teacher_hard_labels(indices))
         if batch.get("teacher_labels") is not None:
-            return TeacherSignal(probs=None, hard_labels=batch["teacher_labels"].long())
+            return TeacherTarget(hard_labels=batch["teacher_labels"].long())
         return None
 
     def _forward(self, model: nn.Module, batch: Mapping[str, Any], training: bool):
-        """Run the student (and teacher) on one batch; returns (loss or None, outputs, teacher signal)."""
+        """Run the student (and teacher) on one batch; returns (loss or None, outputs, teacher target)."""
         model_inputs = {key: value for key, value in batch.items() if key not in NON_MODEL_KEYS}
         labels = batch.get("labels")
         if training and self.args.freeze_batchnorm:
             _freeze_batchnorm(model)
         outputs = model(**model_inputs)
-        cls_logits, distillation_logits = student_heads(outputs)
-        mode = self.args.distillation_type
-        teacher = self._teacher_signal(model_inputs, batch, distillation_logits.shape[-1])
-        if training:
-            if mode in ("soft", "stored") and teacher is not None and teacher.probs is None:
-                raise ValueError(
-                    f"distillation_type={mode!r} needs teacher_topk_values in each batch, not only top-1 labels"
-                )
-            if mode in ("hard", "soft", "stored") and teacher is None:
-                raise ValueError(
-                    f"distillation_type={mode!r} needs teacher_topk_values / teacher_topk_indices in every batch "
-                    f"(a StoredLogitsDataset) or a live teacher; the batch has keys {sorted(batch)}"
-                )
-        usable = (
-            mode == "none"
-            or (mode == "hard" and teacher is not None)
-            or (mode in ("soft", "stored") and teacher is not None and teacher.probs is not None)
-        )
-        if usable and (labels is not None or mode == "stored"):
-            loss = distillation_loss(
-                mode,
-                cls_logits,
-                distillation_logits,
-                labels,
+        heads = student_heads(outputs)
+        teacher = self._teacher_target(model_inputs["pixel_values"], batch, heads.distillation.shape[-1])
+        problem_type = getattr(getattr(self.accelerator.unwrap_model(model), "config", None), "problem_type", None)
+        settings = {"alpha": self.args.alpha, "tau": self.args.tau, "problem_type": problem_type}
+        if training:  # the router refuses a batch that lacks what the mode needs, naming it
+            return (
+                distillation_loss(
+                    self.mode, heads, labels, teacher, label_smoothing=self.args.label_smoothing_factor, **settings
+                ).loss,
+                outputs,
                 teacher,
-                alpha=self.args.alpha,
-                tau=self.args.tau,
-                label_smoothing=self.args.label_smoothing_factor,
             )
+        has_target = teacher is not None and (self.mode is DistillationMode.HARD or teacher.probs is not None)
+        if (not self.mode.needs_teacher or has_target) and (labels is not None or not self.mode.needs_labels):
+            loss = distillation_loss(
+                self.mode, heads, labels, teacher, label_smoothing=self.args.label_smoothing_factor, **settings
+            ).loss
         elif labels is not None:
-            # Evaluation without the training target (e.g. a stored run scored on a labelled test split).
-            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            loss = cross_entropy(logits, labels)
-        elif training:
-            raise ValueError(
-                f"distillation_type={mode!r} needs 'labels' in every batch; the batch has keys {sorted(batch)}"
-            )
+            # Evaluation without the training target (e.g. a stored run scored on a labelled test split):
+            # the plain label loss of the fused logits.
+            loss = distillation_loss(DistillationMode.NONE, student_heads(heads_logits(outputs)), labels, **settings).loss
         else:
             loss = None
         return loss, outputs, teacher
@@ -464,7 +399,7 @@ class DistillationTrainer(Trainer):
             loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
-        logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]).detach()
+        logits = heads_logits(outputs).detach()
         labels = inputs.get("labels")
         if teacher is None:
             return loss, logits, labels
@@ -474,12 +409,14 @@ class DistillationTrainer(Trainer):
 
     # ---- saving ------------------------------------------------------------------------------------
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, then the folder is made Hub-ready: the pickled `training_args.bin` is
+        replaced by `training_args.json` and a model card says how the model was distilled."""
+        super().save_model(output_dir, _internal_call=True)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             from .cards import write_trainer_model_card
 
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
             # Trainer pickles the whole TrainingArguments into training_args.bin, which only an unsafe
             # torch.load reads and which nothing reads on resume: keep the same record as JSON instead,
             # so that a model folder holds safetensors and JSON only.
@@ -489,6 +426,8 @@ class DistillationTrainer(Trainer):
             with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
                 handle.write(self.args.to_json_string())
             write_trainer_model_card(self, output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def create_model_card(
         self,
@@ -522,12 +461,11 @@ class DistillationTrainer(Trainer):
 
 def _student_normalisation(train_dataset: Any, processing_class: Any) -> tuple[tuple, tuple]:
     """Mean and std the student's pixel_values were normalised with, so a loaded teacher can undo them."""
-    recipe = getattr(train_dataset, "recipe", None)
-    if recipe is not None and getattr(recipe, "mean", None) is not None:
-        return tuple(recipe.mean), tuple(recipe.std)
+    if isinstance(train_dataset, DistillationDataset):
+        return tuple(train_dataset.recipe.mean), tuple(train_dataset.recipe.std)
     if processing_class is not None and getattr(processing_class, "image_mean", None) is not None:
         return tuple(processing_class.image_mean), tuple(processing_class.image_std)
     raise ValueError(
         "loading a teacher from a spec string needs the student's input normalisation: give a train_dataset with "
-        "a .recipe (AugmentedDataset / StoredLogitsDataset) or a processing_class with image_mean / image_std"
+        "a recipe (AugmentedDataset / StoredLogitsDataset) or a processing_class with image_mean / image_std"
     )

@@ -1,10 +1,18 @@
 """DeiT with a distillation token that trains; importing this registers it with transformers' Auto classes
 and with the stock DeiT weight-name conversion, so stock checkpoints and ours share one layout."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
 
-from .configuration_deit_distilled import DeiTDistilledConfig
+from .configuration_deit_distilled import DEIT_PRESETS, DeiTDistilledConfig
 from .image_processing_deit_distilled import (
     IMAGE_PROCESSOR_CLASSES,
     REFERENCE_CROP_PCT,
@@ -32,6 +40,7 @@ register_checkpoint_conversion_mapping(
 )
 
 __all__ = [
+    "DEIT_PRESETS",
     "IMAGE_PROCESSOR_CLASSES",
     "REFERENCE_CROP_PCT",
     "DeiTDistilledConfig",

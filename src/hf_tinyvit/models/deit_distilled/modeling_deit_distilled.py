@@ -1,5 +1,8 @@
 """DeiT with a distillation token that trains: transformers' DeiT body and heads with DeiT's hard and soft
-distillation losses, the paper's initialisation, layer-wise lr decay ids and export to stock transformers."""
+distillation losses, the paper's initialisation, layer-wise lr decay ids and export to stock transformers.
+
+The loss comes from hf_tinyvit's one loss router (`losses.py`), which a saved folder carries beside this file.
+"""
 
 from __future__ import annotations
 
@@ -12,65 +15,80 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 from transformers import initialization as init
-from transformers.models.deit.modeling_deit import DeiTEmbeddings, DeiTModel, DeiTPreTrainedModel
+from transformers.models.deit.modeling_deit import (
+    DeiTEmbeddings,
+    DeiTModel,
+    DeiTPreTrainedModel,
+)
 from transformers.utils import ModelOutput
 
-from ...losses import deit_hard_distillation_loss, deit_soft_distillation_loss
 from .configuration_deit_distilled import DeiTDistilledConfig
+
+try:  # inside the hf_tinyvit package: the one loss router
+    from hf_tinyvit.losses import (
+        DistillationMode,
+        LossOutput,
+        StudentHeads,
+        TeacherTarget,
+        distillation_loss,
+    )
+except ImportError:  # a saved folder loaded with trust_remote_code: the router's copy beside this file
+    from .losses import (
+        DistillationMode,
+        LossOutput,
+        StudentHeads,
+        TeacherTarget,
+        distillation_loss,
+    )
 
 # The class token and the distillation token come before the patch tokens, in that order.
 NUM_PREFIX_TOKENS = 2
 
 
 def deit_distilled_loss(
+    config: DeiTDistilledConfig,
     cls_logits: torch.Tensor,
     distillation_logits: torch.Tensor,
     labels: torch.Tensor | None,
     distillation_labels: torch.Tensor | None = None,
     teacher_probs: torch.Tensor | None = None,
-    *,
-    distillation_type: str = "hard",
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """The loss of a two-headed DeiT student, chosen by which targets are given.
+) -> LossOutput:
+    """The loss of a two-headed DeiT student, through the loss router, with the mode chosen by which
+    targets are given and by `config`:
 
-    - `labels` alone: cross-entropy on both heads, averaged, so that plain fine-tuning trains the
-      distillation head too (timm fine-tunes the averaged logits, facebookresearch/deit's `none`
-      mode only the class head, leaving the distillation half of the late fusion untrained).
-    - `labels` and `distillation_labels` (teacher top-1 classes): DeiT's hard loss.
-    - `labels` and `teacher_probs` (a teacher distribution at temperature 1): DeiT's soft loss when
-      `distillation_type="soft"`, the hard loss on the teacher's argmax when `"hard"`.
-    `labels` may be class indices or distributions (Mixup/CutMix).
+    - `labels` alone: mode `none`, cross-entropy on both heads, averaged, so that plain fine-tuning
+      trains the distillation head too (timm fine-tunes the averaged logits, facebookresearch/deit's
+      `none` mode only the class head, leaving the distillation half of the late fusion untrained);
+    - `distillation_labels` (teacher top-1 classes): mode `hard`;
+    - `teacher_probs` (a teacher distribution at temperature 1): `config.distillation_type`
+      (`hard` when unset): `hard` on the teacher's argmax, `soft`, or `stored`.
+    `labels` may be class indices or distributions (Mixup/CutMix); `stored` may go without them.
     """
-    if labels is None:
-        raise ValueError(
-            "labels are required for the class head's loss; got only "
-            f"{'distillation_labels' if distillation_labels is not None else 'teacher_probs'}"
-        )
     if distillation_labels is not None and teacher_probs is not None:
         raise ValueError("pass either distillation_labels (hard teacher classes) or teacher_probs, not both")
-    if teacher_probs is not None:
-        if distillation_type == "soft":
-            return deit_soft_distillation_loss(
-                cls_logits, distillation_logits, labels, teacher_probs, alpha, tau, label_smoothing
-            )
-        if distillation_type != "hard":
-            raise ValueError(f"distillation_type={distillation_type!r} must be 'hard' or 'soft'")
-        if teacher_probs.shape != distillation_logits.shape:
+    if distillation_labels is not None:
+        mode, teacher = DistillationMode.HARD, TeacherTarget(hard_labels=distillation_labels)
+    elif teacher_probs is not None:
+        mode = DistillationMode.parse(config.distillation_type or DistillationMode.HARD)
+        if mode is DistillationMode.NONE:
             raise ValueError(
-                f"teacher_probs of shape {tuple(teacher_probs.shape)} must match the student's logits "
-                f"{tuple(distillation_logits.shape)}"
+                "teacher_probs were given but config.distillation_type='none'; set it to hard, soft or stored"
             )
-        distillation_labels = teacher_probs.argmax(dim=-1)
-    if distillation_labels is None:
-        # Both heads learn the ground truth, so both get its smoothing.
-        return deit_hard_distillation_loss(
-            cls_logits, distillation_logits, labels, labels, label_smoothing, label_smoothing
-        )
-    return deit_hard_distillation_loss(
-        cls_logits, distillation_logits, labels, distillation_labels, label_smoothing=label_smoothing
+        teacher = TeacherTarget(probs=teacher_probs)
+    else:
+        mode, teacher = DistillationMode.NONE, None
+    if labels is None and mode is not DistillationMode.STORED:
+        given = "distillation_labels" if distillation_labels is not None else "teacher_probs"
+        raise ValueError(f"labels are required for the class head's loss; got only {given}")
+    return distillation_loss(
+        mode,
+        StudentHeads(cls_logits, distillation_logits),
+        labels,
+        teacher,
+        alpha=0.5 if config.distillation_alpha is None else config.distillation_alpha,
+        tau=1.0 if config.distillation_tau is None else config.distillation_tau,
+        label_smoothing=config.label_smoothing or 0.0,
+        problem_type=config.problem_type,
     )
 
 
@@ -241,16 +259,8 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         loss = None
         if labels is not None or distillation_labels is not None or teacher_probs is not None:
             loss = deit_distilled_loss(
-                cls_logits,
-                distillation_logits,
-                labels,
-                distillation_labels,
-                teacher_probs,
-                distillation_type=self.config.distillation_type,
-                alpha=self.config.distillation_alpha,
-                tau=self.config.distillation_tau,
-                label_smoothing=self.config.label_smoothing,
-            )
+                self.config, cls_logits, distillation_logits, labels, distillation_labels, teacher_probs
+            ).loss
         return DeiTDistilledImageClassifierOutput(
             loss=loss,
             logits=(cls_logits + distillation_logits) / 2,

@@ -8,15 +8,19 @@ from transformers import (
     AutoModelForImageClassification,
 )
 
-from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
-from .image_processing_tinyvit import BACKENDS, eval_preprocessing, tinyvit_image_processor
+from .configuration_tinyvit import SMALL_PRESETS, TINYVIT_PRESETS, TinyViTConfig
+from .image_processing_tinyvit import (
+    BACKENDS,
+    eval_preprocessing,
+    eval_recipe,
+    tinyvit_image_processor,
+)
 from .modeling_tinyvit import (
     TinyViTBackbone,
     TinyViTForImageClassification,
     TinyViTModel,
     TinyViTPreTrainedModel,
     attention_bias_index,
-    classification_loss,
     resize_attention_bias_table,
 )
 
@@ -28,6 +32,7 @@ AutoBackbone.register(TinyViTConfig, TinyViTBackbone, exist_ok=True)
 AutoImageProcessor.register(TinyViTConfig, image_processor_classes=dict(BACKENDS), exist_ok=True)
 
 __all__ = [
+    "SMALL_PRESETS",
     "TINYVIT_PRESETS",
     "TinyViTBackbone",
     "TinyViTConfig",
@@ -35,8 +40,8 @@ __all__ = [
     "TinyViTModel",
     "TinyViTPreTrainedModel",
     "attention_bias_index",
-    "classification_loss",
     "eval_preprocessing",
+    "eval_recipe",
     "resize_attention_bias_table",
     "tinyvit_image_processor",
 ]

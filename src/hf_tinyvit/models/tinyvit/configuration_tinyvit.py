@@ -29,6 +29,19 @@ TINYVIT_PRESETS: dict[str, dict] = {
     for resolution in _WINDOWS
 }
 
+# Not published: a 0.7M-parameter TinyViT for small inputs (32-64 px), trained by the digits demo and
+# the ImageNet-photos example. Windows larger than a feature map are clipped to it.
+SMALL_PRESETS: dict[str, dict] = {
+    "tinyvit-micro": {
+        "embed_dims": [32, 64, 96, 128],
+        "depths": [1, 1, 2, 1],
+        "num_heads": [1, 2, 3, 4],
+        "window_sizes": [4, 4, 4, 2],
+        "image_size": 32,
+        "drop_path_rate": 0.0,
+    }
+}
+
 
 class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
@@ -124,12 +137,14 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "TinyViTConfig":
-        """A published variant by name, e.g. `"tinyvit-21m-384"`; `kwargs` override any field (e.g. `num_labels`)."""
-        if name not in TINYVIT_PRESETS:
-            raise ValueError(f"unknown TinyViT preset {name!r}; choose one of {sorted(TINYVIT_PRESETS)}")
-        return cls(**{**TINYVIT_PRESETS[name], **kwargs})
+        """A published variant by name, e.g. `"tinyvit-21m-384"`, or one of `SMALL_PRESETS`; `kwargs`
+        override any field (e.g. `num_labels`)."""
+        presets = {**TINYVIT_PRESETS, **SMALL_PRESETS}
+        if name not in presets:
+            raise ValueError(f"unknown TinyViT preset {name!r}; choose one of {sorted(presets)}")
+        return cls(**{**presets[name], **kwargs})
 
 
 TinyViTConfig.register_for_auto_class()
 
-__all__ = ["TINYVIT_PRESETS", "TinyViTConfig"]
+__all__ = ["SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]

@@ -1,7 +1,8 @@
 """TinyViT (Wu et al., 2022) as a transformers model: body, image classifier and backbone.
 
 This file travels with saved checkpoints (trust_remote_code): it imports only torch, transformers and
-its own folder, never hf_tinyvit.
+its own folder. The loss comes from hf_tinyvit's one loss router (`losses.py`), which a saved folder
+carries beside this file.
 """
 
 import math
@@ -15,10 +16,19 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_tinyvit import TinyViTConfig
+
+try:  # inside the hf_tinyvit package: the one loss router
+    from hf_tinyvit.losses import DistillationMode, distillation_loss
+except ImportError:  # a saved folder loaded with trust_remote_code: the router's copy beside this file
+    from .losses import DistillationMode, distillation_loss
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -543,21 +553,6 @@ class TinyViTModel(TinyViTPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on class indices (B,) or on target distributions (B, num_labels), in float32.
-
-    Soft targets carry teacher probabilities or Mixup/CutMix mixtures.
-    """
-    logits = logits.float()
-    if labels.is_floating_point():
-        if labels.shape != logits.shape:
-            raise ValueError(f"soft labels of shape {tuple(labels.shape)} must match logits {tuple(logits.shape)}")
-        return F.cross_entropy(logits, labels.float())
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"class-index labels of shape {tuple(labels.shape)} must be ({logits.shape[0]},)")
-    return F.cross_entropy(logits, labels.long())
-
-
 class TinyViTForImageClassification(TinyViTPreTrainedModel):
     def __init__(self, config: TinyViTConfig):
         super().__init__(config)
@@ -576,10 +571,15 @@ class TinyViTForImageClassification(TinyViTPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput:
-        """`labels`: class indices (B,) or target distributions (B, num_labels); the loss is cross-entropy."""
+        """`labels`: for `config.problem_type` (see `hf_tinyvit.losses.label_loss`): class indices (B,) or
+        target distributions (B, num_labels), multi-hot vectors, or regression targets."""
         outputs = self.tinyvit(pixel_values, output_hidden_states, output_attentions)
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = classification_loss(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = distillation_loss(
+                DistillationMode.NONE, logits, labels, problem_type=self.config.problem_type
+            ).loss
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -631,6 +631,5 @@ __all__ = [
     "TinyViTModel",
     "TinyViTPreTrainedModel",
     "attention_bias_index",
-    "classification_loss",
     "resize_attention_bias_table",
 ]

@@ -1,5 +1,5 @@
-"""Teachers for logit saving: a transformers folder/Hub id or a timm model with a weights file,
-wrapped so it takes the student's normalised views and applies its own preprocessing."""
+"""Teachers: a transformers folder/Hub id or a timm model with a weights file, wrapped so it takes the
+student's normalised views and applies its own preprocessing, and the checked signal it gives."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .augment.recipe import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["TeacherModel", "load_teacher", "state_dict_hash", "teacher_logits"]
+__all__ = ["TeacherModel", "checked_teacher_logits", "load_teacher", "state_dict_hash", "teacher_logits"]
 
 
 def state_dict_hash(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
@@ -35,6 +35,24 @@ def teacher_logits(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"cannot find logits in a teacher output of type {type(output).__name__}")
+
+
+def checked_teacher_logits(teacher, pixel_values: torch.Tensor, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Run `teacher` on a batch and return float32 logits `(batch, num_labels)`, refusing a wrong shape
+    or a NaN/inf row with the sample id and epoch that produced it: a wrong target must stop the run
+    where it enters, not train a student (or fill a store) with it."""
+    logits = teacher_logits(teacher(pixel_values)).float()
+    if logits.dim() != 2 or logits.shape[0] != pixel_values.shape[0]:
+        raise ValueError(
+            f"the teacher returned logits of shape {tuple(logits.shape)}; expected ({pixel_values.shape[0]}, num_labels)"
+        )
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        bad = int(sample_ids[(~finite).nonzero()[0]].item())
+        raise ValueError(
+            f"the teacher's output for sample_id={bad} (epoch {epoch}) contains NaN or inf; refusing to use it"
+        )
+    return logits
 
 
 class TeacherModel(nn.Module):
@@ -94,7 +112,7 @@ def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any
     import timm
     from timm.data import resolve_model_data_config
 
-    from ..hub import check_state_dict, imagenet_id2label, load_state_dict
+    from .hub import check_state_dict, imagenet_id2label, load_state_dict
 
     if weights is None:
         raise ValueError(
@@ -122,7 +140,7 @@ def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any
 def _load_transformers(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from .. import models  # noqa: F401  (registers our model families with the Auto classes)
+    from . import models  # noqa: F401  (registers our model families with the Auto classes)
 
     model = AutoModelForImageClassification.from_pretrained(spec)
     mean, std, size = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, None

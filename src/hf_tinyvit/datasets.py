@@ -1,5 +1,6 @@
-"""Image datasets as `datasets` objects (scikit-learn's digits, image folders, saved or Hub datasets),
-and a content fingerprint that ties a teacher-logit store to the exact dataset it was built from."""
+"""Image datasets as `datasets` objects (scikit-learn's digits, image folders, saved or Hub datasets) and
+their split policy, reading their images as uint8 tensors, a content fingerprint that ties a
+teacher-logit store to the exact dataset it was built from, and wrong labels made on purpose."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import hashlib
 import json
 import os
 
+import datasets
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-import datasets
-
-__all__ = ["load_image_dataset", "digits_dataset", "dataset_fingerprint", "describe_sample", "image_to_tensor"]
+__all__ = [
+    "corrupt_labels",
+    "dataset_fingerprint",
+    "describe_sample",
+    "digits_dataset",
+    "image_to_tensor",
+    "load_image_dataset",
+]
 
 _DIGITS_TEST_SIZE = 600
 
@@ -162,3 +169,25 @@ def image_to_tensor(image) -> torch.Tensor:
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     return tensor[:3].contiguous()
+
+
+def corrupt_labels(dataset: datasets.Dataset, fraction: float, seed: int, label_column: str = "label"):
+    """A copy of `dataset` with `fraction` of its labels replaced by another class, and the ids changed.
+
+    Each chosen label moves to a different class drawn uniformly from an explicit generator: the
+    "hard samples" setting of TinyViT's argument (wrong labels a teacher's soft targets correct),
+    with the ground truth of which samples are wrong, for measuring a hard-sample audit.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction={fraction} must lie in [0, 1)")
+    feature = dataset.features[label_column]
+    num_classes = getattr(feature, "num_classes", None)
+    if num_classes is None or num_classes < 2:
+        raise ValueError(f"column {label_column!r} must be a ClassLabel of at least 2 classes, got {feature}")
+    rng = np.random.default_rng(seed)
+    labels = np.array(dataset[label_column])
+    chosen = rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False)
+    shift = rng.integers(1, num_classes, size=len(chosen))  # never 0: the new class always differs
+    labels[chosen] = (labels[chosen] + shift) % num_classes
+    noisy = dataset.remove_columns(label_column).add_column(label_column, labels.tolist(), feature=feature)
+    return noisy, np.sort(chosen)

@@ -1,13 +1,23 @@
-"""Pure state-dict maps from the reference TinyViT layouts (microsoft/Cream, timm) to ours.
-
-Used by conversion/convert_tinyvit_checkpoint.py, the tests and the benchmark; state dict in, state dict out.
-"""
+"""Converting TinyViT checkpoints: pure state-dict maps from the reference layouts (microsoft/Cream, timm)
+to ours (state dict in, state dict out), then the file-to-folder conversion that `hf-tinyvit convert` and
+`conversion/convert_tinyvit_checkpoint.py` run."""
 
 import re
+from pathlib import Path
 
 import torch
 
+from ...hub import (
+    check_state_dict,
+    imagenet_id2label,
+    load_state_dict,
+    write_model_card,
+)
 from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
+from .image_processing_tinyvit import tinyvit_image_processor
+from .modeling_tinyvit import TinyViTForImageClassification
+
+_PAPER = "TinyViT: Fast Pretraining Distillation for Small Vision Transformers (Wu et al., ECCV 2022)"
 
 # Cream keeps each patch merging at the end of the stage before it; timm (and we) put it at the start of
 # the stage it feeds, hence the +1 below. Cream's conv+BN pairs name the convolution `c`.
@@ -152,7 +162,48 @@ def num_classes_of(state_dict) -> int:
     raise ValueError("checkpoint has no classifier head (head.fc.weight, head.weight or classifier.weight)")
 
 
+
+# ---- file to folder ------------------------------------------------------------------------------------
+
+
+def convert(checkpoint: str | Path, variant: str, output_dir: str | Path):
+    """Read, map, check and save; raises before writing anything if the checkpoint does not fit `variant`."""
+    preset, tag = parse_variant(variant)
+    state_dict = load_state_dict(checkpoint)
+    num_classes = num_classes_of(state_dict)
+    if tag and "in22k" in tag and "ft" not in tag and num_classes != 21841:
+        raise ValueError(f"variant {variant!r} names an ImageNet-21k head but {checkpoint} has {num_classes} classes")
+    id2label = imagenet_id2label(num_classes) if num_classes in (1000, 21841) else None
+    config = TinyViTConfig.from_preset(
+        preset, num_labels=num_classes, **({"id2label": id2label} if id2label else {})
+    )
+    converted, layout = to_hf_state_dict(state_dict, config)
+    model = TinyViTForImageClassification(config).eval()
+    check_state_dict(model.state_dict(), converted, f"{layout}-layout checkpoint {checkpoint} for {variant}")
+    model.load_state_dict(converted, strict=True)
+
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    processor = tinyvit_image_processor(config.image_size)
+    processor.save_pretrained(output_dir)
+    dataset = "imagenet-21k" if num_classes == 21841 else "imagenet-1k"
+    write_model_card(
+        output_dir,
+        model_id=output_dir.name,
+        datasets=[dataset] if id2label else [],
+        tags=["tinyvit", f"timm:{variant}"],
+        description=(
+            f"TinyViT `{preset}` ({num_classes} classes) converted from a {layout}-layout checkpoint of timm's "
+            f"`{variant}`. Paper: {_PAPER}. Evaluation preprocessing: bicubic resize, centre crop "
+            f"{config.image_size}, ImageNet mean/std."
+        ),
+        custom_code=True,
+    )
+    return model, processor
+
+
 __all__ = [
+    "convert",
     "cream_to_timm_key",
     "cream_to_timm_state_dict",
     "detect_layout",

@@ -1,31 +1,22 @@
-"""Torch datasets that render replayable augmented views, and the one that joins them with a
-teacher-logit store so a student trains on the exact views and targets the teacher produced."""
+"""Rendered views as torch datasets: replayable augmented views of an image dataset (item i of epoch e
+depends on (seed, e, i) only), the contract `DistillationTrainer` reads from a dataset, the shuffle that
+keeps Mixup/CutMix partners in one batch, and an in-memory cache of rendered views."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .augment import (
-    AugmentationRecipe,
-    _seed_from,
-    apply_augmentation,
-    augmentation_seed,
-    mix_images,
-    mix_labels,
-    mix_partners,
-    pairing_order,
-    sample_augmentation,
-    sample_mix,
-)
-from .images import dataset_fingerprint, describe_sample, image_to_tensor
-from .store import TeacherLogitStore
+from ..datasets import dataset_fingerprint, describe_sample, image_to_tensor
+from .mix import mix_images, mix_labels, mix_partners, pairing_order, sample_mix
+from .recipe import AugmentationRecipe
+from .render import apply_augmentation
+from .sampling import augmentation_seed, sample_augmentation, seed_from
 
-__all__ = ["AugmentedDataset", "StoredLogitsDataset", "PairedSampler", "ViewCache", "collate_views"]
+__all__ = ["AugmentedDataset", "DistillationDataset", "PairedSampler", "ViewCache", "collate_views"]
 
 
 class ViewCache:
@@ -104,7 +95,40 @@ def _check_label_range(dataset, label_column: str, num_labels: int) -> None:
         )
 
 
-class AugmentedDataset(Dataset):
+class DistillationDataset(Dataset):
+    """What a dataset of replayed views tells `DistillationTrainer` about itself: a typed contract in
+    place of attribute probing.
+
+    - `recipe`: the augmentation recipe its `pixel_values` were rendered with (a live teacher needs
+      its mean and std to undo the normalisation);
+    - `store`: the teacher-logit store its targets come from, or None when it carries none;
+    - `collate_fn(items)`: how its items batch (mixed and unmixed labels together);
+    - `set_epoch(epoch)`: views (and stored targets) follow the training epoch;
+    - `train_sampler(seed)`: the shuffle that keeps Mixup/CutMix partners in one batch;
+    - `views`: the `AugmentedDataset` whose views it serves.
+    """
+
+    recipe: AugmentationRecipe
+    # the store (an hf_tinyvit.store.TeacherLogitStore) or None; not imported here, the store sits above
+    store: Any = None
+
+    @staticmethod
+    def collate_fn(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return collate_views(items)
+
+    def set_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+    def train_sampler(self, seed: int = 0) -> "PairedSampler":
+        return PairedSampler(self, seed)
+
+    @property
+    def views(self) -> "AugmentedDataset":
+        """The replayable views this dataset serves (itself, or the views it adds targets to)."""
+        raise NotImplementedError
+
+
+class AugmentedDataset(DistillationDataset):
     """Replayable augmented views of an image dataset: item i of epoch e depends on (seed, e, i) only.
 
     Items: `pixel_values` float32 (3, S, S), `sample_id` int64 and, with a label column, `labels`
@@ -154,7 +178,6 @@ class AugmentedDataset(Dataset):
         self._epoch.fill_(int(epoch))
         self._partners: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
-        self.collate_fn = collate_views
         self.view_cache = view_cache
         self._labels: np.ndarray | None = None
         if view_cache is not None:
@@ -167,6 +190,10 @@ class AugmentedDataset(Dataset):
         return len(self.dataset)
 
     @property
+    def views(self) -> "AugmentedDataset":
+        return self
+
+    @property
     def epoch(self) -> int:
         return int(self._epoch.item())
 
@@ -174,9 +201,6 @@ class AugmentedDataset(Dataset):
         if epoch < 0:
             raise ValueError(f"epoch={epoch} must be >= 0")
         self._epoch.fill_(int(epoch))
-
-    def train_sampler(self, seed: int = 0) -> "PairedSampler":
-        return PairedSampler(self, seed)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -267,7 +291,7 @@ class PairedSampler(Sampler[int]):
     once. The shuffle depends on (seed, epoch) only; set_epoch forwards to the dataset.
     """
 
-    def __init__(self, dataset: "AugmentedDataset | StoredLogitsDataset", seed: int = 0):
+    def __init__(self, dataset: "DistillationDataset", seed: int = 0):
         self.dataset = dataset
         self.seed = int(seed)
 
@@ -278,9 +302,9 @@ class PairedSampler(Sampler[int]):
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        augmented = self.dataset.augmented if isinstance(self.dataset, StoredLogitsDataset) else self.dataset
+        augmented = self.dataset.views
         n = len(augmented)
-        generator = torch.Generator().manual_seed(_seed_from("sampler", self.seed, self.dataset.epoch))
+        generator = torch.Generator().manual_seed(seed_from("sampler", self.seed, self.dataset.epoch))
         order = pairing_order(augmented.recipe, augmented.seed, augmented.epoch, n)
         if not augmented.recipe.mixes:
             yield from order[torch.randperm(n, generator=generator).numpy()].tolist()
@@ -289,144 +313,3 @@ class PairedSampler(Sampler[int]):
         pairs = order[:paired].reshape(-1, 2)[torch.randperm(paired // 2, generator=generator).numpy()]
         yield from pairs.ravel().tolist()
         yield from order[paired:].tolist()
-
-
-class StoredLogitsDataset(Dataset):
-    """The replayed views of a store's epoch with the teacher's stored top-k targets.
-
-    Items are `AugmentedDataset` items plus `teacher_topk_values` float32 (k,) and
-    `teacher_topk_indices` int64 (k,). Training past the saved epochs cycles through them
-    (with a warning): epoch e replays saved epoch `epochs[e % len(epochs)]` when e is not saved.
-    The dataset must be the one the store was built from (size and content fingerprint), and a
-    `recipe` given here must be the store's. `num_labels` is the teacher's class count, the
-    size the student's distillation head needs; `num_dataset_labels` is only for mixing dataset
-    labels when the label column is not a ClassLabel.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        store: TeacherLogitStore | str,
-        *,
-        epoch: int = 0,
-        image_column: str = "image",
-        label_column: str | None = "label",
-        recipe: AugmentationRecipe | None = None,
-        num_dataset_labels: int | None = None,
-        view_cache: ViewCache | None = None,
-    ):
-        store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store)
-        metadata = store.metadata
-        if not store.epochs:
-            raise ValueError(f"store {store.path!r} has no complete epoch yet")
-        if len(dataset) != metadata["dataset_size"]:
-            raise ValueError(
-                f"the dataset has {len(dataset)} samples but store {store.path!r} was built from "
-                f"{metadata['dataset_size']}: pass the same dataset (split, --max_samples) the teacher saw"
-            )
-        stored_recipe = AugmentationRecipe.from_dict(metadata["recipe"])
-        if stored_recipe.fingerprint() != metadata["recipe_fingerprint"]:
-            raise ValueError(
-                f"store {store.path!r} recipe fingerprint {metadata['recipe_fingerprint']} does not match its recipe "
-                f"({stored_recipe.fingerprint()}): it was written by an incompatible version"
-            )
-        if recipe is not None and recipe.fingerprint() != metadata["recipe_fingerprint"]:
-            differing = {
-                k: (v, metadata["recipe"].get(k)) for k, v in recipe.to_dict().items() if metadata["recipe"].get(k) != v
-            }
-            raise ValueError(
-                f"recipe {recipe.fingerprint()} differs from the store's {metadata['recipe_fingerprint']} in "
-                f"{differing} (given, stored): replaying it would not rebuild the teacher's views"
-            )
-        self.store = store
-        self.augmented = AugmentedDataset(
-            dataset,
-            stored_recipe,
-            seed=int(metadata["seed"]),
-            image_column=image_column,
-            label_column=label_column,
-            num_labels=num_dataset_labels,
-            view_cache=view_cache,
-        )
-        fingerprint = self.augmented.fingerprint()
-        if fingerprint != metadata["dataset_fingerprint"]:
-            raise ValueError(
-                f"dataset fingerprint {fingerprint} differs from the store's {metadata['dataset_fingerprint']}: "
-                f"store {store.path!r} was built from another dataset, split or order"
-            )
-        self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._warned = False  # one warning per dataset: a long run would print one per epoch
-        self.collate_fn = collate_views
-        self.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.augmented)
-
-    @property
-    def num_labels(self) -> int:
-        return self.store.num_labels
-
-    @property
-    def recipe(self) -> AugmentationRecipe:
-        """The store's recipe, which normalised `pixel_values` (a live teacher needs its mean/std)."""
-        return self.augmented.recipe
-
-    @property
-    def epoch(self) -> int:
-        """The training epoch last set (which may lie past the saved epochs)."""
-        return int(self._requested.item())
-
-    @property
-    def replay_epoch(self) -> int:
-        """The saved epoch whose views and targets are being replayed."""
-        return self.augmented.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        saved = self.store.epochs
-        if epoch < 0:
-            raise ValueError(f"epoch={epoch} must be >= 0")
-        replay = epoch if epoch in saved else saved[epoch % len(saved)]
-        if replay != epoch and not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"epoch {epoch} was not saved in store {self.store.path!r} (saved: {saved}); replaying saved epoch {replay} "
-                f"(warned once: every unsaved epoch e replays saved epoch {saved}[e % {len(saved)}])",
-                stacklevel=2,
-            )
-        self._requested.fill_(int(epoch))
-        self.augmented.set_epoch(replay)
-
-    def train_sampler(self, seed: int = 0) -> PairedSampler:
-        return PairedSampler(self, seed)
-
-    def items(self, sample_ids: Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        epoch = self.augmented.epoch
-        items = self.augmented.items(sample_ids, epoch)
-        stored = self.store.lookup(epoch, [int(i) for i in sample_ids])
-        expected_seeds = np.array(
-            [augmentation_seed(self.augmented.seed, epoch, int(i)) for i in sample_ids], dtype=np.uint32
-        )
-        if not np.array_equal(stored["aug_seed"].astype(np.uint32), expected_seeds):
-            bad = int(np.asarray(sample_ids)[stored["aug_seed"].astype(np.uint32) != expected_seeds][0])
-            raise ValueError(
-                f"store {self.store.path!r} epoch {epoch}: the augmentation seed of sample_id={bad} does not match "
-                f"seed={self.augmented.seed}; the store is corrupt or was built with another seed"
-            )
-        if "mix_partner" in stored:
-            partners = self.augmented.partners(epoch)[np.asarray(sample_ids, dtype=np.int64)]
-            if not np.array_equal(stored["mix_partner"], partners):
-                raise ValueError(
-                    f"store {self.store.path!r} epoch {epoch}: stored Mixup partners differ from the replayed pairing"
-                )
-        values = torch.from_numpy(stored["teacher_topk_values"].astype(np.float32))
-        indices = torch.from_numpy(stored["teacher_topk_indices"].astype(np.int64))
-        for item, v, i in zip(items, values, indices):
-            item["teacher_topk_values"] = v
-            item["teacher_topk_indices"] = i
-        return items
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return self.items(indices)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.items([index])[0]

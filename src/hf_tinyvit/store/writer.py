@@ -1,38 +1,38 @@
-"""Run a teacher once over replayable augmented views and save its sparse top-k probabilities as a
-store, in parallel under Accelerate, resumable, with a check that replays and re-runs the teacher."""
+"""Writing a teacher-logit store: run a teacher once over replayable augmented views and save its sparse
+top-k probabilities, in parallel under Accelerate, atomically shard by shard, resumable."""
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import AugmentationRecipe, augmentation_seed, mix_partners, pairing_order
-from .images import dataset_fingerprint
-from .replay import AugmentedDataset, StoredLogitsDataset, collate_views
-from .sparse import topk_probabilities
-from .store import (
+from ..augment import AugmentationRecipe, augmentation_seed, mix_partners, pairing_order
+from ..augment.views import AugmentedDataset, collate_views
+from ..datasets import dataset_fingerprint
+from ..teachers import checked_teacher_logits, state_dict_hash
+from .format import (
     FORMAT_VERSION,
     METADATA_NAME,
-    TeacherLogitStore,
     dataset_card,
     identity_mismatches,
     read_metadata,
     shard_relpath,
     shard_table,
     store_features,
-    write_json_atomic,
-    write_shard,
+    topk_probabilities,
 )
-from .teacher import state_dict_hash, teacher_logits
 
-__all__ = ["save_teacher_logits", "check_teacher_logits"]
+__all__ = ["save_teacher_logits", "write_json_atomic", "write_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,43 @@ def _teacher_identity(teacher, name: str | None, weights_hash: str | None) -> tu
     return name, weights_hash
 
 
-def _forward(teacher, pixel_values: torch.Tensor, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
-    logits = teacher_logits(teacher(pixel_values)).float()
-    if logits.dim() != 2 or logits.shape[0] != pixel_values.shape[0]:
-        raise ValueError(
-            f"the teacher returned logits of shape {tuple(logits.shape)}; expected ({pixel_values.shape[0]}, num_labels)"
-        )
-    finite = torch.isfinite(logits).all(dim=1)
-    if not bool(finite.all()):
-        bad = int(sample_ids[(~finite).nonzero()[0]].item())
-        raise ValueError(
-            f"the teacher's output for sample_id={bad} (epoch {epoch}) contains NaN or inf; refusing to store it"
-        )
-    return logits
+def write_shard(path: str, table: pa.Table) -> None:
+    """Write a shard under a temporary name, then rename it: a reader never sees a partial shard.
+
+    The encodings keep a record near the paper's `4 + 4k` bytes: sample ids are consecutive
+    (delta-packed to almost nothing), the epoch is one value (dictionary + RLE), and byte-stream
+    splitting groups the probabilities' exponent bytes and the indices' high bytes so that zstd
+    squeezes them.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    encodings = {
+        "sample_id": "DELTA_BINARY_PACKED",
+        "aug_seed": "PLAIN",
+        "teacher_topk_values.list.element": "BYTE_STREAM_SPLIT",
+        "teacher_topk_indices.list.element": "BYTE_STREAM_SPLIT",
+    }
+    if "mix_partner" in table.column_names:
+        encodings["mix_partner"] = "BYTE_STREAM_SPLIT"
+    pq.write_table(
+        table,
+        tmp,
+        compression="zstd",
+        compression_level=9,
+        use_dictionary=["epoch"],
+        column_encoding=encodings,
+        write_statistics=["sample_id", "epoch"],
+        row_group_size=max(1, table.num_rows),
+    )
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
 
 
 def _complete_epochs(output_dir: str, num_chunks: int) -> list[int]:
@@ -142,7 +166,7 @@ def save_teacher_logits(
     # One view through the teacher before any work: class count, output shape, topk range.
     with torch.inference_mode():
         probe = views.items([0], start_epoch)[0]["pixel_values"].unsqueeze(0).to(device)
-        num_labels = _forward(teacher, probe, torch.zeros(1, dtype=torch.int64), start_epoch).shape[1]
+        num_labels = checked_teacher_logits(teacher, probe, torch.zeros(1, dtype=torch.int64), start_epoch).shape[1]
     declared = getattr(teacher, "num_labels", None)
     if declared is not None and int(declared) != num_labels:
         raise ValueError(f"the teacher declares num_labels={declared} but returns {num_labels} logits")
@@ -232,7 +256,7 @@ def save_teacher_logits(
         pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {c: [] for c in chunks}
         with torch.inference_mode():
             for (chunk, ids), batch in zip(batches, loader):
-                logits = _forward(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
+                logits = checked_teacher_logits(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
                 values, indices = topk_probabilities(logits, topk)
                 pending[chunk].append((values.cpu(), indices.cpu()))
                 bar.update(len(ids))
@@ -272,6 +296,8 @@ def save_teacher_logits(
         )  # fmt: skip
 
     if check_samples > 0 and accelerator.is_main_process:
+        from .verify import check_teacher_logits
+
         report = check_teacher_logits(
             teacher, dataset, output_dir, num_samples=check_samples, batch_size=batch_size, epoch=start_epoch,
             image_column=image_column, cache_dir=cache_dir,
@@ -287,43 +313,3 @@ def save_teacher_logits(
             )
     accelerator.wait_for_everyone()
     return output_dir
-
-
-def check_teacher_logits(
-    teacher,
-    dataset,
-    store: TeacherLogitStore | str,
-    *,
-    num_samples: int,
-    batch_size: int = 64,
-    epoch: int | None = None,
-    image_column: str = "image",
-    cache_dir: str | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Replay `num_samples` stored records, re-run the teacher and compare with what was stored.
-
-    The records are the first of the epoch's first chunk, batched as the saving run batched them,
-    so a deterministic teacher sees bitwise the same inputs in the same batches. Both sides are
-    compared after the float16 rounding the store applies; `max_abs_diff` is the largest gap.
-    """
-    store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store, cache_dir=cache_dir)
-    epoch = store.epochs[0] if epoch is None else epoch
-    replay = StoredLogitsDataset(dataset, store, epoch=epoch, image_column=image_column, label_column=None)
-    if epoch != replay.replay_epoch:
-        raise KeyError(f"epoch {epoch} is not in store {store.path!r}; saved epochs: {store.epochs}")
-    recipe = replay.augmented.recipe
-    first_chunk = pairing_order(recipe, store.metadata["seed"], epoch, len(replay))[: store.metadata["chunk_size"]]
-    count = min(len(first_chunk), math.ceil(num_samples / batch_size) * batch_size)
-    ids = first_chunk[:count].tolist()
-    device = device or next((p.device for p in getattr(teacher, "parameters", lambda: iter(()))()), torch.device("cpu"))
-    max_diff, mismatches = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, count, batch_size):
-            batch = collate_views(replay.items(ids[start : start + batch_size]))
-            logits = _forward(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
-            values, indices = topk_probabilities(logits, store.topk)
-            mismatches += int((indices.cpu() != batch["teacher_topk_indices"]).any(dim=1).sum())
-            diff = (values.float().cpu() - batch["teacher_topk_values"]).abs().max().item()
-            max_diff = max(max_diff, diff)
-    return {"epoch": epoch, "num_checked": count, "max_abs_diff": max_diff, "index_mismatches": mismatches}

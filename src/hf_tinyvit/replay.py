@@ -1,0 +1,116 @@
+"""The stored teacher's targets joined with the replayed views they were computed on: a student trains
+on the exact views and targets the teacher produced, with no teacher in memory."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from .augment.recipe import AugmentationRecipe
+from .augment.views import (
+    AugmentedDataset,
+    DistillationDataset,
+    ViewCache,
+)
+from .store.reader import TeacherLogitStore
+
+__all__ = ["StoredLogitsDataset"]
+
+
+class StoredLogitsDataset(DistillationDataset):
+    """The replayed views of a store's epoch with the teacher's stored top-k targets.
+
+    Items are `AugmentedDataset` items plus `teacher_topk_values` float32 (k,) and
+    `teacher_topk_indices` int64 (k,). Training past the saved epochs cycles through them
+    (with a warning): epoch e replays saved epoch `epochs[e % len(epochs)]` when e is not saved.
+    The dataset must be the one the store was built from (size and content fingerprint), and a
+    `recipe` given here must be the store's. `num_labels` is the teacher's class count, the
+    size the student's distillation head needs; `num_dataset_labels` is only for mixing dataset
+    labels when the label column is not a ClassLabel.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        store: TeacherLogitStore | str,
+        *,
+        epoch: int = 0,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        recipe: AugmentationRecipe | None = None,
+        num_dataset_labels: int | None = None,
+        view_cache: ViewCache | None = None,
+    ):
+        store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store)
+        self.store = store
+        self.augmented = AugmentedDataset(
+            dataset,
+            store.recipe,
+            seed=int(store.metadata["seed"]),
+            image_column=image_column,
+            label_column=label_column,
+            num_labels=num_dataset_labels,
+            view_cache=view_cache,
+        )
+        store.check_replay(len(dataset), self.augmented.fingerprint, recipe)
+        self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._warned = False  # one warning per dataset: a long run would print one per epoch
+        self.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.augmented)
+
+    @property
+    def views(self) -> AugmentedDataset:
+        return self.augmented
+
+    @property
+    def num_labels(self) -> int:
+        return self.store.num_labels
+
+    @property
+    def recipe(self) -> AugmentationRecipe:
+        """The store's recipe, which normalised `pixel_values` (a live teacher needs its mean/std)."""
+        return self.augmented.recipe
+
+    @property
+    def epoch(self) -> int:
+        """The training epoch last set (which may lie past the saved epochs)."""
+        return int(self._requested.item())
+
+    @property
+    def replay_epoch(self) -> int:
+        """The saved epoch whose views and targets are being replayed."""
+        return self.augmented.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        saved = self.store.epochs
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be >= 0")
+        replay = epoch if epoch in saved else saved[epoch % len(saved)]
+        if replay != epoch and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"epoch {epoch} was not saved in store {self.store.path!r} (saved: {saved}); replaying saved epoch {replay} "
+                f"(warned once: every unsaved epoch e replays saved epoch {saved}[e % {len(saved)}])",
+                stacklevel=2,
+            )
+        self._requested.fill_(int(epoch))
+        self.augmented.set_epoch(replay)
+
+    def items(self, sample_ids: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        epoch = self.augmented.epoch
+        items = self.augmented.items(sample_ids, epoch)
+        values, indices = self.store.targets(epoch, sample_ids)
+        for item, v, i in zip(items, values, indices):
+            item["teacher_topk_values"] = v
+            item["teacher_topk_indices"] = i
+        return items
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self.items(indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items([index])[0]
