@@ -250,10 +250,12 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         `labels` are read by `config.problem_type` (single-label, multi-label or regression, see
         `hf_tinyvit.losses.label_loss`). `return_dict=False` gives the output's fields as a tuple.
         """
+        # The body answers in a dataclass even under `config.return_dict=False`; `can_return_tuple` converts ours.
         outputs = self.deit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
+            return_dict=True,
             **kwargs,
         )
         sequence_output = outputs.last_hidden_state

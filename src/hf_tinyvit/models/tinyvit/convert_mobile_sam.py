@@ -19,18 +19,20 @@ import torch
 from ...hub import check_state_dict, load_state_dict
 from .configuration_tinyvit import MOBILE_SAM_PRESETS, TinyViTConfig
 from .convert_tinyvit import (
-    cream_to_timm_state_dict,
+    cream_to_timm_key,
     qkv_heads_grouped_to_interleaved,
+    qkv_heads_interleaved_to_grouped,
     timm_to_cream_key,
-    timm_to_hf_state_dict,
+    timm_to_hf_key,
 )
 from .modeling_tinyvit import TinyViTBackbone
 
 ENCODER_PREFIX = "image_encoder."
 # SAM's neck is an nn.Sequential; ours names its four modules.
 _NECK_TO_OURS = {"neck.0.": "neck.conv1.", "neck.1.": "neck.norm1.", "neck.2.": "neck.conv2.", "neck.3.": "neck.norm2."}
-# Parts of the encoder that MobileSAM's forward never runs.
+# Parts of the encoder that MobileSAM's forward never runs, and index buffers rebuilt from the config.
 _UNUSED_ENCODER = re.compile(r"^(norm_head|head)\.")
+_DERIVED_BUFFER = re.compile(r"attention_bias_idxs$")
 # Our backbone's names -> timm's, the inverse of convert_tinyvit's timm -> ours rules (tested as a bijection).
 _OURS_TO_TIMM = [
     (r"^embeddings\.", "patch_embed."),
@@ -67,26 +69,32 @@ def mobile_sam_to_backbone_state_dict(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """MobileSAM (whole SAM or encoder-only) -> `TinyViTBackbone` state dict, and the keys not used.
 
-    Cream's names go through timm's to ours (convert_tinyvit's maps, which also regroup each qkv's rows
-    per head); the neck is renamed; Cream's unused classifier and SAM's other parts are reported.
+    Cream's names go through timm's to ours (convert_tinyvit's key maps) and each qkv's rows are
+    regrouped from per-head blocks to ours; the neck is renamed; Cream's unused classifier and SAM's
+    other parts are reported. A qkv whose rows do not fit `config` is left as it is, for the caller's
+    shape check to report with everything else that does not fit.
     """
     encoder, unused = image_encoder_state_dict(state_dict)
-    neck, body = {}, {}
+    converted = {}
     for key, value in encoder.items():
         if _UNUSED_ENCODER.match(key):
             unused.append(ENCODER_PREFIX + key)
+        elif _DERIVED_BUFFER.search(key):
+            continue
         elif key.startswith("neck."):
             prefix = key[: len("neck.0.")]
             if prefix not in _NECK_TO_OURS:
                 raise ValueError(f"unknown neck tensor {ENCODER_PREFIX + key}; expected neck.0 to neck.3")
-            neck[_NECK_TO_OURS[prefix] + key[len(prefix) :]] = value
+            converted[_NECK_TO_OURS[prefix] + key[len(prefix) :]] = value
         else:
-            body[key] = value
-    converted = {
-        key.removeprefix("tinyvit."): value
-        for key, value in timm_to_hf_state_dict(cream_to_timm_state_dict(body), config).items()
-    }
-    return {**converted, **neck}, sorted(unused)
+            ours = timm_to_hf_key(cream_to_timm_key(key)).removeprefix("tinyvit.")
+            match = _OUR_QKV.match(ours)
+            if match and int(match[1]) < len(config.embed_dims):
+                stage = int(match[1])
+                if value.shape[0] == 3 * config.embed_dims[stage]:
+                    value = qkv_heads_interleaved_to_grouped(value, config.num_heads[stage])
+            converted[ours] = value
+    return converted, sorted(unused)
 
 
 def backbone_to_mobile_sam_state_dict(
@@ -127,21 +135,29 @@ def convert_mobile_sam(
     *,
     preset: str = "tinyvit-5m-mobile-sam",
     out_features: list[str] | None = None,
+    config: TinyViTConfig | None = None,
 ) -> tuple[TinyViTBackbone, list[str]]:
     """Convert a MobileSAM checkpoint (`mobile_sam.pt`) into a `TinyViTBackbone` folder.
 
     Writes `config.json`, `model.safetensors`, SAM's image processor (`SamImageProcessor`: longest side
     to 1024, ImageNet mean/std, padding to 1024x1024) and a model card. `out_features` defaults to
-    `["neck"]`, SAM's 256-channel image embedding. Returns the backbone and the checkpoint keys left
+    `["neck"]`, SAM's 256-channel image embedding. `config` replaces the preset (an encoder of another
+    size; it must have `neck_channels`). Returns the backbone and the checkpoint keys left
     out (prompt encoder, mask decoder, the encoder's unused classifier). Raises, before writing anything,
     with every missing, unexpected or mis-shaped tensor if the checkpoint does not fit `preset`.
     """
     from transformers import SamImageProcessor
 
-    config = mobile_sam_config(preset, **({"out_features": list(out_features)} if out_features else {}))
+    what = f"preset {preset}" if config is None else "the given config"
+    if config is None:
+        config = mobile_sam_config(preset, **({"out_features": list(out_features)} if out_features else {}))
+    elif out_features:
+        raise ValueError("pass out_features inside config when giving a config")
+    if not config.neck_channels:
+        raise ValueError("a MobileSAM encoder has a neck: the config needs neck_channels (MobileSAM: 256)")
     converted, unused = mobile_sam_to_backbone_state_dict(load_state_dict(checkpoint), config)
     model = TinyViTBackbone(config).eval()
-    check_state_dict(model.state_dict(), converted, f"MobileSAM checkpoint {checkpoint} for {preset}")
+    check_state_dict(model.state_dict(), converted, f"MobileSAM checkpoint {checkpoint} for {what}")
     model.load_state_dict(converted, strict=True)
 
     output_dir = Path(output_dir)
@@ -164,14 +180,15 @@ def _write_card(output_dir: Path, config: TinyViTConfig, preset: str, source: st
     )
     usage = (
         "```python\n"
-        "import hf_tinyvit  # registers TinyViT with transformers' Auto classes\n"
-        "from transformers import AutoBackbone, AutoImageProcessor\n\n"
+        "from hf_tinyvit import TinyViTBackbone\n"
+        "from transformers import AutoImageProcessor\n\n"
         f'processor = AutoImageProcessor.from_pretrained("{output_dir.name}")\n'
-        f'encoder = AutoBackbone.from_pretrained("{output_dir.name}")\n'
+        f'encoder = TinyViTBackbone.from_pretrained("{output_dir.name}")\n'
         "pixel_values = processor(image, return_tensors=\"pt\").pixel_values  # (1, 3, 1024, 1024)\n"
         "embedding = encoder(pixel_values).feature_maps[-1]  # (1, 256, 64, 64)\n"
         "```\n\n"
-        "Without hf_tinyvit installed, add `trust_remote_code=True` to `from_pretrained`."
+        "Without hf_tinyvit installed, `AutoBackbone.from_pretrained(repo_id, trust_remote_code=True)` loads "
+        "the modeling code stored in the repository."
     )
     body = (
         f"# {output_dir.name}\n\nMobileSAM's image encoder (TinyViT `{preset}`: 1024x1024 input, last stage "

@@ -599,7 +599,8 @@ class TinyViTForImageClassification(TinyViTPreTrainedModel):
         """`labels`, read by `config.problem_type` (see `hf_tinyvit.losses.label_loss`): class indices (B,) or
         target distributions (B, num_labels); multi-hot vectors; regression targets. `config.problem_type` is
         never changed by a forward: unset, it means regression for one output and classification otherwise."""
-        outputs = self.tinyvit(pixel_values, **kwargs)
+        # The body answers in a dataclass even under `config.return_dict=False`; `can_return_tuple` converts ours.
+        outputs = self.tinyvit(pixel_values, return_dict=True, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
