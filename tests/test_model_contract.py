@@ -403,6 +403,18 @@ def test_tuple_outputs_equal_dict_outputs(family):
             assert isinstance(model(pixels), tuple)
 
 
+def test_tinyvit_refuses_inputs_it_does_not_take():
+    """A mistyped or misplaced input (a DeiT target given to TinyViT) is an error, not silently ignored; and
+    with no `**kwargs` in its signature, transformers' Trainer keeps scaling the loss itself."""
+    pixels = TINYVIT.pixels(2)
+    for cls in TINYVIT.classes:
+        model = build(cls, TINYVIT.config()).eval()
+        with pytest.raises(TypeError, match="distillation_labels"):
+            model(pixels, distillation_labels=torch.tensor([0, 1]))
+        with pytest.raises(TypeError):
+            model(pixels, None, True)  # the flags are keyword-only
+
+
 @family_param
 def test_recorded_hidden_states_and_attentions(family, tmp_path):
     """Defect 6: both families declare what they record (`_can_record_outputs`), and transformers' output

@@ -571,15 +571,30 @@ class TinyViTModel(TinyViTPreTrainedModel):
         self.post_init()
 
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """`last_hidden_state` (B, C, H/32, W/32); `pooler_output` (B, C) = LayerNorm(mean over positions).
-        With `output_hidden_states`: the stem's map, then each stage's; with `output_attentions`: one
-        (B * windows, heads, N, N) per attention block (computed eagerly for that call). `return_dict=False`
-        gives a tuple."""
-        output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
-        maps = self.encoder(self.embeddings(pixel_values), bool(output_attentions))
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """`last_hidden_state` (B, C, H/32, W/32 at the published strides); `pooler_output` (B, C) =
+        LayerNorm(mean over positions). `output_hidden_states`: the stem's map, then each stage's;
+        `output_attentions`: one (B * windows, heads, N, N) per attention block (computed eagerly for that
+        call). `capture_outputs` records both and turns the output into a tuple for `return_dict=False`."""
+        maps = self.encoder(self.embeddings(pixel_values), _wants_attentions(self.config, output_attentions))
         pooled = self.layernorm(maps[-1].mean(dim=(2, 3)))
         return BaseModelOutputWithPooling(last_hidden_state=maps[-1], pooler_output=pooled)
+
+
+def _wants_attentions(config: TinyViTConfig, output_attentions: bool | None) -> bool:
+    return bool(config.output_attentions if output_attentions is None else output_attentions)
+
+
+def _requested(**flags) -> dict:
+    """The output flags a caller set: passing an unset one on as None would override the config's value."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 class TinyViTForImageClassification(TinyViTPreTrainedModel):
@@ -594,13 +609,20 @@ class TinyViTForImageClassification(TinyViTPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
     ) -> ImageClassifierOutput:
         """`labels`, read by `config.problem_type` (see `hf_tinyvit.losses.label_loss`): class indices (B,) or
         target distributions (B, num_labels); multi-hot vectors; regression targets. `config.problem_type` is
         never changed by a forward: unset, it means regression for one output and classification otherwise."""
         # The body answers in a dataclass even under `config.return_dict=False`; `can_return_tuple` converts ours.
-        outputs = self.tinyvit(pixel_values, return_dict=True, **kwargs)
+        flags = _requested(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        outputs = self.tinyvit(pixel_values, return_dict=True, **flags)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
@@ -629,12 +651,18 @@ class TinyViTBackbone(BackboneMixin, TinyViTPreTrainedModel):
         self.post_init()
 
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BackboneOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput:
         """`feature_maps`: one (B, C, H, W) map per name in `config.out_features`. `hidden_states` (the
         stem's and each stage's map, never the neck's) and `attentions` as for `TinyViTModel`."""
-        output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
         embeddings = self.embeddings(pixel_values)
-        maps = (embeddings,) + self.encoder(embeddings, bool(output_attentions))
+        maps = (embeddings,) + self.encoder(embeddings, _wants_attentions(self.config, output_attentions))
         if self.neck is not None and "neck" in self.out_features:
             maps += (self.neck(maps[-1]),)
         named = dict(zip(self.stage_names, maps))
