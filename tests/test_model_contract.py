@@ -165,13 +165,19 @@ class LogCapture(logging.Handler):
 
 
 def load_logged(cls, folder, **kwargs):
-    """`cls.from_pretrained(folder)` and the warnings transformers logged while loading."""
+    """`cls.from_pretrained(folder)` and the warnings transformers logged while loading (at its default
+    verbosity, whatever another test in this process set)."""
+    from transformers.utils import logging as transformers_logging
+
     handler, library_logger = LogCapture(), logging.getLogger("transformers")
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
     library_logger.addHandler(handler)
     try:
         return cls.from_pretrained(folder, **kwargs), "\n".join(handler.messages)
     finally:
         library_logger.removeHandler(handler)
+        transformers_logging.set_verbosity(verbosity)
 
 
 # ---- configuration ---------------------------------------------------------------------------------
