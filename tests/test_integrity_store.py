@@ -158,6 +158,31 @@ def test_a_poisoned_row_stops_the_read_naming_file_epoch_and_sample(kind, versio
     assert snapshot(path) == before
 
 
+def test_the_whole_shard_checks_agree_with_the_row_by_row_ones():
+    from hf_tinyvit.store import format as store_format
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        k, num_labels, rows = int(rng.integers(1, 6)), int(rng.integers(6, 12)), int(rng.integers(1, 5))
+        values, indices = store_format.topk_probabilities(torch.randn(rows, num_labels) * 3, k)
+        values, indices = values.numpy().copy(), indices.numpy().astype(np.uint8)
+        row, column, kind = int(rng.integers(rows)), int(rng.integers(k)), int(rng.integers(6))
+        if kind == 1:
+            values[row, column] = rng.choice([np.nan, np.inf, -np.inf, -0.25, 1.5])
+        elif kind == 2 and k > 1:
+            values[row] = values[row][::-1].copy()
+        elif kind == 3:
+            values[row, column] = min(1.0, float(values[row, column]) + 0.5)
+        elif kind == 4 and k > 1:
+            indices[row, (column + 1) % k] = indices[row, column]
+        elif kind == 5:
+            indices[row, column] = num_labels
+        fast = store_format._rows_look_valid(values, indices, num_labels, 1e-3)
+        assert fast == (store_format._first_bad_row(values, indices, num_labels, 1e-3) is None), (values, indices)
+        if kind in (1, 5) or (kind == 4 and k > 1):
+            assert not fast  # a poison that is always invalid is always seen
+
+
 def test_sparse_to_dense_refuses_targets_no_teacher_gave():
     indices = torch.tensor([[0, 1], [2, 3]])
     for bad in (float("nan"), -0.2, 1.5):

@@ -247,7 +247,7 @@ def test_saving_settings_are_refused_before_any_file(kwargs, message, digits, te
 def test_save_logits_command_names_a_bogus_split_and_a_mistyped_store(tmp_path):
     from hf_tinyvit.cli import main as cli
 
-    with pytest.raises(ValueError, match=r"split='bogus' is not a split of 'digits'; its splits are \['test', 'train'\]"):
+    with pytest.raises(ValueError, match=r"split='bogus' is not a split of 'digits'; its splits are \['test', 'train'\] "):
         cli(["save-logits", "--teacher", str(tmp_path / "no-teacher"), "--split", "bogus", "--output_dir", str(tmp_path / "s")])
     with pytest.raises(SystemExit):
         cli(["save-logits", "--teacher", "x", "--image_size", "0", "--output_dir", str(tmp_path / "s")])
@@ -258,6 +258,15 @@ def test_save_logits_command_names_a_bogus_split_and_a_mistyped_store(tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file; a teacher-logit store is a folder"):
         TeacherLogitStore.open(str(tmp_path / "a-file"))
     assert not (tmp_path / "s").exists()
+
+
+def test_splits_join_with_a_plus():
+    from hf_tinyvit.datasets import select_split
+
+    splits = load_image_dataset("digits")
+    assert len(select_split(splits, "train+test")) == 1797
+    with pytest.raises(ValueError, match=r"split='train\+tset' is not a split of"):
+        select_split(splits, "train+tset")
 
 
 def test_numpy_images_are_read_channels_last_and_tensors_channels_first():

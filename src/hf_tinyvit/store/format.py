@@ -195,8 +195,16 @@ def topk_row_problem(
 
     Valid: finite probabilities in [0, 1], in decreasing order (column 0 is the top-1 that hard
     distillation trains on), summing to at most `1 + tolerance`; class indices in [0, num_labels),
-    distinct within a row. Pure numpy over whole shards: a few operations per stored number.
+    distinct within a row. Whole-shard reductions first (see `_rows_look_valid`); the row and the
+    reason are looked for only when one of them fails.
     """
+    if _rows_look_valid(values, indices, num_labels, tolerance):
+        return None
+    return _first_bad_row(values, indices, num_labels, tolerance)
+
+
+def _first_bad_row(values: np.ndarray, indices: np.ndarray, num_labels: int, tolerance: float):
+    """`topk_row_problem` row by row: per-row masks, one check at a time, the first bad row and why."""
     v = values.astype(np.float32, copy=False)
     with np.errstate(invalid="ignore"):
         checks = [
@@ -214,6 +222,35 @@ def topk_row_problem(
             if bad.any():
                 return int(np.argmax(bad)), reason
     return None
+
+
+def _rows_look_valid(values: np.ndarray, indices: np.ndarray, num_labels: int, tolerance: float) -> bool:
+    """`topk_row_problem`'s checks as a few whole-array reductions, for the common case of a valid shard
+    (about 1 us per record at k=100 where per-row masks take 5). True only when every row is valid."""
+    rows, k = values.shape
+    if rows == 0:
+        return True
+    if values.dtype == np.float16:
+        # Non-negative finite float16 values order like their bit patterns, 1.0 being 0x3C00; NaN, inf and
+        # every negative number (sign bit set) lie above it: one max checks finiteness and range.
+        ordered = values.view(np.uint16)
+        if ordered.max() > 0x3C00:
+            return False
+    else:
+        ordered = values.astype(np.float32, copy=False)
+        if not (ordered.min() >= 0 and ordered.max() <= 1):  # False for NaN too
+            return False
+    flat = ordered.reshape(-1)
+    rising = flat[1:] > flat[:-1]
+    rising[k - 1 :: k] = False  # a row's first value may exceed the previous row's last
+    if rising.any() or values.sum(axis=1, dtype=np.float32).max() > 1 + tolerance:
+        return False
+    if int(indices.min()) < 0 or int(indices.max()) >= num_labels:
+        return False
+    flat = np.sort(indices, axis=1).reshape(-1)
+    repeated = flat[1:] == flat[:-1]
+    repeated[k - 1 :: k] = False
+    return not repeated.any()
 
 
 # ---- metadata ------------------------------------------------------------------------------------
