@@ -58,15 +58,24 @@ def _damaged(where: str, store_path: str, what: str) -> ValueError:
     )
 
 
-def decode_shard(source: bytes | str, metadata: dict[str, Any], epoch: int, where: str, store_path: str = ""):
+def decode_shard(
+    source: bytes | str,
+    metadata: dict[str, Any],
+    epoch: int,
+    where: str,
+    store_path: str = "",
+    schema: pa.Schema | None = None,
+):
     """A shard's columns as numpy arrays (list columns as `(rows, k)`), after checking that it parses,
-    has the columns the metadata implies, belongs to `epoch`, and that every top-k row is one a
-    teacher's softmax could have produced. `source` is the file's bytes or its path."""
+    has the columns the metadata implies (`schema`, `shard_schema(metadata)` when not given), belongs to
+    `epoch`, and that every top-k row is one a teacher's softmax could have produced. `source` is the
+    file's bytes or its path."""
     try:
         table = pq.read_table(pa.BufferReader(source) if isinstance(source, bytes) else source, memory_map=True)
     except (pa.ArrowException, OSError) as error:
         raise _damaged(where, store_path, f"it cannot be read as Parquet ({error})") from None
-    check_shard_schema(table.schema.remove_metadata(), shard_schema(metadata).remove_metadata(), where)
+    schema = shard_schema(metadata) if schema is None else schema
+    check_shard_schema(table.schema.remove_metadata(), schema.remove_metadata(), where)
     topk = int(metadata["topk"])
     shard = {}
     for name in table.column_names:
@@ -157,6 +166,7 @@ class _EpochReader:
         self._where: tuple[np.ndarray, np.ndarray] | None = None
         self._shards: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._cached = 0
+        self._schema = shard_schema(metadata)  # built once: a shard's decode only compares against it
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -223,7 +233,7 @@ class _EpochReader:
         if shard is not None:
             self._shards.move_to_end(number)
             return shard
-        shard = decode_shard(self._read(number), self.metadata, self.epoch, self._name(number), self.path)
+        shard = decode_shard(self._read(number), self.metadata, self.epoch, self._name(number), self.path, self._schema)
         self._shards[number] = shard
         self._cached += sum(a.nbytes for a in shard.values())
         while self._cached > self.cache_bytes and len(self._shards) > 1:

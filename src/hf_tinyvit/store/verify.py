@@ -89,7 +89,8 @@ class VerifyReport:
         what = f"{self.shards_checked} shards, {self.records_checked} records"
         if self.images_checked:
             what += f", {self.images_checked} images"
-        head = f"{'OK' if self.ok else 'DAMAGED'}: store {self.path!r} (format {self.format_version}): checked {what}"
+        version = "unread" if self.format_version is None else self.format_version
+        head = f"{'OK' if self.ok else 'DAMAGED'}: store {self.path!r} (format {version}): checked {what}"
         lines = [f"{head} in {self.seconds:.2f} s"]
         lines += [f"  problem: {problem}" for problem in self.problems]
         lines += [f"  unlisted (ignored by readers): {name}" for name in self.unlisted]

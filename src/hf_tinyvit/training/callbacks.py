@@ -68,22 +68,27 @@ class FiniteTrainingGuard(TrainerCallback):
 
     def __init__(self, dataset=None):
         self.dataset = dataset
-        self._sample_ids: list[int] = []
+        self._batches: list[torch.Tensor] = []  # the step's sample ids, turned into numbers only for a message
         self.state = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.state = state
-        self._sample_ids = []
+        self._batches = []
+
+    @staticmethod
+    def _ids(batches: list[torch.Tensor]) -> str:
+        ids = [int(i) for batch in batches for i in batch.reshape(-1).tolist()]
+        return f"{ids}" if len(ids) <= 64 else f"{ids[:64]} (the first 64 of {len(ids)})"
 
     def check_loss(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
         ids = batch.get("sample_id")
         if ids is not None:
-            self._sample_ids += [int(i) for i in ids.reshape(-1).tolist()]
+            self._batches.append(ids.detach())
         if not bool(torch.isfinite(loss.detach()).all()):
-            batch_ids = [] if ids is None else [int(i) for i in ids.reshape(-1).tolist()]
+            batch_ids = "[] (the batch carries no sample_id)" if ids is None else self._ids([ids])
             raise FloatingPointError(
                 f"the training loss is {loss.detach().float().reshape(-1)[0].item()} at {self._place()}: stopped "
-                f"before the optimizer step, so no weight took it. Its batch holds sample_id={batch_ids[:64]}; "
+                f"before the optimizer step, so no weight took it. Its batch holds sample_id={batch_ids}; "
                 "check those samples' inputs and targets (and the learning rate)"
             )
 
@@ -98,11 +103,11 @@ class FiniteTrainingGuard(TrainerCallback):
             bad = next(name for name, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all())
             raise FloatingPointError(
                 f"the gradients are not finite (first in {bad}) at {self._place()}: stopped before the optimizer "
-                f"step, so no weight took them. The step's batches hold sample_id={self._sample_ids[:64]}"
+                f"step, so no weight took them. The step's batches hold sample_id={self._ids(self._batches)}"
             )
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._sample_ids = []
+        self._batches = []
 
     def _place(self) -> str:
         return "the start of training" if self.state is None else _where(self.state, self.dataset)
