@@ -366,6 +366,14 @@ def test_an_epoch_copied_over_another_is_named(tmp_path):
         store.lookup(1, range(6))
 
 
+def test_a_sample_recorded_twice_is_named(tmp_path):
+    path = v1_copy(tmp_path)  # format 1: no checksum to catch it first; epochs pair samples differently
+    shutil.copy(path / "data/epoch_0000/chunk_000000.parquet", path / "data/epoch_0001/chunk_000000.parquet")
+    with pytest.raises(ValueError, match=r"epoch 1: data/epoch_0001/chunk_000001\.parquet: sample_id=\d+ has a "
+                                         r"record in two places"):  # fmt: skip
+        TeacherLogitStore.open(str(path)).lookup(1, range(6))
+
+
 # ---- one writer at a time ------------------------------------------------------------------------------
 
 

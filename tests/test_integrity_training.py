@@ -78,6 +78,20 @@ def test_a_live_teacher_returning_nan_stops_training_naming_the_sample(mode, dig
     assert saved_files(tmp_path) == []
 
 
+def test_a_live_teacher_with_another_class_count_is_refused_per_batch(digits, teacher, tmp_path):
+    class SevenClasses(torch.nn.Module):  # declares no num_labels: only its output can tell
+        def forward(self, pixel_values):
+            return teacher(pixel_values)[:, :7]
+
+    trainer = DistillationTrainer(
+        model=tinyvit(), args=arguments(tmp_path, distillation_type="soft", per_device_train_batch_size=16),
+        train_dataset=AugmentedDataset(digits, TRAIN_RECIPE, seed=0), teacher_model=SevenClasses(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"the teacher returned logits of shape \(16, 7\); expected \(16, 10\)"):
+        trainer.train()
+    assert saved_files(tmp_path) == []
+
+
 class PoisonedViews(AugmentedDataset):
     """Views whose pixels turn NaN for one sample in one epoch: a corrupt input no check upstream caught."""
 
