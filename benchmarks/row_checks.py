@@ -197,7 +197,8 @@ def step_costs(pair_names: list[str], repeats: int, quick: bool) -> list[dict]:
                 return run
 
             fetch = interleaved_medians({"without": off(targets), "with": targets}, repeats=4 * repeats, warmup=2)
-            steps = interleaved_medians({"without": off(step), "with": step}, repeats=repeats, warmup=1)
+            # steps are long and the machine may be shared: twice the repeats for a steadier median
+            steps = interleaved_medians({"without": off(step), "with": step}, repeats=2 * repeats, warmup=1)
             results.append({
                 "pair": name, "batch": batch_size, "image_size": pair.image_size, "topk": TOPK,
                 "num_labels": pair.num_labels, "step_without_s": steps["without"]["median_s"],
