@@ -14,6 +14,7 @@ from .augment.views import (
     DistillationDataset,
     ViewCache,
 )
+from .datasets import describe_sample
 from .store.reader import TeacherLogitStore
 
 __all__ = ["StoredLogitsDataset"]
@@ -53,6 +54,7 @@ class StoredLogitsDataset(DistillationDataset):
             label_column=label_column,
             num_labels=num_dataset_labels,
             view_cache=view_cache,
+            image_digests=store.has_image_digests,
         )
         store.check_replay(len(dataset), self.augmented.fingerprint, recipe)
         self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -104,10 +106,27 @@ class StoredLogitsDataset(DistillationDataset):
         epoch = self.augmented.epoch
         items = self.augmented.items(sample_ids, epoch)
         values, indices = self.store.targets(epoch, sample_ids)
+        if self.store.has_image_digests:
+            self._check_images(epoch, sample_ids, [item.pop("image_digest") for item in items])
         for item, v, i in zip(items, values, indices):
             item["teacher_topk_values"] = v
             item["teacher_topk_indices"] = i
         return items
+
+    def _check_images(self, epoch: int, sample_ids: Sequence[int], digests: list[torch.Tensor]) -> None:
+        """Every replayed record's image must be the one the teacher saw: the 64-image fingerprint checked
+        at construction cannot see one image replaced, swapped or re-encoded; the per-record digest can."""
+        mismatches = self.store.image_digest_mismatches(epoch, sample_ids, [int(d) for d in digests])
+        if mismatches:
+            sample_id, stored, given = mismatches[0]
+            views = self.augmented
+            where = describe_sample(views.dataset, views.image_column, sample_id)
+            raise ValueError(
+                f"the image of {where} is not the one the teacher saw in store {self.store.path!r} (epoch {epoch}): "
+                f"its digest {given:#010x} differs from the stored {stored:#010x} ({len(mismatches)} of this batch's "
+                f"{len(sample_ids)} images differ): the dataset changed since the store was saved (an image replaced, "
+                "swapped, or re-encoded with loss); replay the exact dataset the teacher saw, or save a new store"
+            )
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return self.items(indices)

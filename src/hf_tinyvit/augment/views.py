@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..datasets import dataset_fingerprint, describe_sample, image_to_tensor
+from ..datasets import dataset_fingerprint, describe_sample, image_digest, image_to_tensor
 from .mix import mix_images, mix_labels, mix_partners, pairing_order, sample_mix
 from .recipe import AugmentationRecipe
 from .render import apply_augmentation
@@ -137,7 +137,9 @@ class AugmentedDataset(DistillationDataset):
     workers, persistent ones included. A batch fetched through `__getitems__` (what DataLoader
     uses) decodes each image once even when its Mixup partner is in the same batch; use
     `train_sampler` with an even batch size to keep partners together. A `view_cache` keeps
-    rendered views for runs that see them again (see `ViewCache`).
+    rendered views for runs that see them again (see `ViewCache`). With `image_digests`, items
+    also carry `image_digest` (int64), the digest of the decoded image the view came from, which a
+    teacher-logit store keeps with each record so that a replay notices a changed image.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class AugmentedDataset(DistillationDataset):
         label_column: str | None = "label",
         num_labels: int | None = None,
         view_cache: ViewCache | None = None,
+        image_digests: bool = False,
     ):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to augment")
@@ -179,6 +182,9 @@ class AugmentedDataset(DistillationDataset):
         self._partners: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
         self.view_cache = view_cache
+        self.image_digests = bool(image_digests)
+        # digests of images whose views came from the cache (which skips decoding): one decode per image
+        self._digests: dict[int, int] = {}
         self._labels: np.ndarray | None = None
         if view_cache is not None:
             self._cache_key = (self.fingerprint(), recipe.fingerprint(), self.seed)
@@ -232,23 +238,33 @@ class AugmentedDataset(DistillationDataset):
 
     def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:
         """The unmixed view of one sample (normalised float32) and its label."""
+        view, label, _ = self._render(sample_id, epoch, digest=False)
+        return view, label
+
+    def _render(self, sample_id: int, epoch: int | None, digest: bool) -> tuple[torch.Tensor, int | None, int | None]:
+        """`render`, plus the decoded image's digest when `digest` is asked for."""
         epoch = self.epoch if epoch is None else epoch
         key = None
         if self.view_cache is not None:
             key = (*self._cache_key, int(epoch), int(sample_id))
             view = self.view_cache.get(key)
             if view is not None:
+                found = None
+                if digest:
+                    if sample_id not in self._digests:
+                        self._digests[sample_id] = image_digest(self._read(sample_id)[0])
+                    found = self._digests[sample_id]
                 if self.label_column is None:
-                    return view, None
+                    return view, None, found
                 if self._labels is not None:
-                    return view, self._checked_label(sample_id, self._labels[sample_id])
-                return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column])
+                    return view, self._checked_label(sample_id, self._labels[sample_id]), found
+                return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column]), found
         image, label = self._read(sample_id)
         params = sample_augmentation(self.recipe, augmentation_seed(self.seed, epoch, sample_id), *image.shape[-2:])
         view = apply_augmentation(image, params, self.recipe)
         if key is not None:
             self.view_cache.put(key, view)
-        return view, label
+        return view, label, (image_digest(image) if digest else None)
 
     def items(self, sample_ids: Sequence[int], epoch: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Items of `sample_ids` at `epoch` (default: the current one), each image decoded once."""
@@ -261,17 +277,20 @@ class AugmentedDataset(DistillationDataset):
         needed = list(ids)
         if partners is not None:
             needed += [int(partners[i]) for i in ids if partners[i] >= 0]
-        views = {i: self.render(i, epoch) for i in dict.fromkeys(needed)}  # each image decoded once
+        # each image decoded once
+        views = {i: self._render(i, epoch, self.image_digests) for i in dict.fromkeys(needed)}
         items = []
         for i in ids:
-            pixels, label = views[i]
+            pixels, label, digest = views[i]
             mix = sample_mix(self.recipe, self.seed, epoch, i, int(partners[i])) if partners is not None else None
             if mix is not None:
-                partner_pixels, partner_label = views[mix.partner]
+                partner_pixels, partner_label, _ = views[mix.partner]
                 pixels = mix_images(pixels, partner_pixels, mix)
                 if label is not None:
                     label = mix_labels(label, partner_label, mix, self.num_labels)
             item = {"pixel_values": pixels, "sample_id": torch.tensor(i, dtype=torch.int64)}
+            if digest is not None:
+                item["image_digest"] = torch.tensor(digest, dtype=torch.int64)
             if label is not None:
                 item["labels"] = label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64)
             items.append(item)
