@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import math
 import os
 from typing import Any, Callable, Mapping
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..augment import AugmentationRecipe, augmentation_seed, mix_partners, pairing_order
 from ..augment.views import AugmentedDataset, collate_views
 from ..datasets import dataset_fingerprint
+from ..log import get_logger, progress_bar
 from ..teachers import checked_teacher_logits, state_dict_hash
 from .format import (
     FORMAT_VERSION,
@@ -34,7 +34,7 @@ from .format import (
 
 __all__ = ["save_teacher_logits", "write_json_atomic", "write_shard"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _teacher_identity(teacher, name: str | None, weights_hash: str | None) -> tuple[str, str]:
@@ -233,9 +233,7 @@ def save_teacher_logits(
             for stale in glob.glob(glob.escape(os.path.join(output_dir, shard_relpath(epoch, chunk))) + ".tmp-*"):
                 os.remove(stale)
     total = sum(min(chunk_size, num_samples - c * chunk_size) for chunks in work.values() for c in chunks)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
+    bar = progress_bar(
         total=total, desc="teacher logits", unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
     for epoch, chunks in work.items():

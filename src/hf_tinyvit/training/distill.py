@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from transformers import (
 from ..augment.recipe import AugmentationRecipe
 from ..augment.views import AugmentedDataset
 from ..datasets import load_image_dataset
+from ..log import follow_training_args, get_logger
 from ..models.deit_distilled import (
     DEIT_PRESETS,
     DeiTDistilledConfig,
@@ -42,7 +42,7 @@ from .trainer import DistillationTrainer
 
 __all__ = ["DataArguments", "ModelArguments", "build_model", "distill", "eval_transform", "parse_distill_args"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Online augmentation presets of `--augmentation`.
 AUGMENTATIONS = {
@@ -78,7 +78,9 @@ class DataArguments:
         default=None, metadata={"help": "Training resolution (default: the model's, or the stored logits' recipe)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation images."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N evaluation images (0: no evaluation)."}
+    )
     augmentation: str = field(
         default="tinyvit",
         metadata={
@@ -139,24 +141,20 @@ def _crop(recipe: AugmentationRecipe) -> dict:
     return {"crop_pct": recipe.crop_pct, "crop_mode": recipe.crop_mode}
 
 
-def _report_level(training_args: DistillationTrainingArguments) -> None:
-    """hf_tinyvit's messages follow the Trainer's `--log_level` / `--log_level_replica` for this process."""
-    package_logger = logging.getLogger("hf_tinyvit")
-    package_logger.setLevel(training_args.get_process_log_level())
-    if not package_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        package_logger.addHandler(handler)
-
-
 def distill(
     model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
 ) -> DistillationTrainer:
     """Train, evaluate and save (or push) one student; returns the trainer."""
-    _report_level(training_args)
+    follow_training_args(training_args)
+    if training_args.distillation_type == "stored" and training_args.teacher_logits is None:
+        raise ValueError("distillation_type='stored' needs --teacher_logits (a store folder or Hub dataset id)")
     splits = load_image_dataset(data_args.dataset_name)  # the fixed split the logit saver also uses
     eval_name = "test" if "test" in splits else "validation"
     train_split, eval_split = splits["train"], splits[eval_name]
+    if data_args.max_train_samples is not None and data_args.max_train_samples < 1:
+        raise ValueError(f"max_train_samples={data_args.max_train_samples} must be >= 1: nothing would be trained")
+    if data_args.max_eval_samples is not None and data_args.max_eval_samples < 0:
+        raise ValueError(f"max_eval_samples={data_args.max_eval_samples} must be >= 0 (0: no evaluation)")
     if data_args.max_train_samples is not None:
         train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
     if data_args.max_eval_samples is not None:
@@ -182,7 +180,7 @@ def distill(
         train_dataset = StoredLogitsDataset(train_split, store, label_column="label" if same_space else None)
     else:
         model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
-        image_size = data_args.image_size or model_size.get("image_size") or 224
+        image_size = data_args.image_size if data_args.image_size is not None else model_size.get("image_size", 224)
         if dataset_labels is None:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
         num_labels, id2label = len(dataset_labels), dataset_labels
@@ -206,7 +204,9 @@ def distill(
     set_seed(training_args.seed)
     model = build_model(model_args, image_size, num_labels, id2label)
     evaluation, processor = eval_transform(model, image_size, recipe.mean, recipe.std)
-    eval_dataset = AugmentedDataset(eval_split, evaluation, seed=training_args.seed) if dataset_labels else None
+    # --max_eval_samples 0 means no evaluation, as an explicit 0 says
+    evaluate = dataset_labels is not None and len(eval_split) > 0
+    eval_dataset = AugmentedDataset(eval_split, evaluation, seed=training_args.seed) if evaluate else None
 
     trainer = DistillationTrainer(
         model=model,
@@ -225,10 +225,13 @@ def distill(
     )  # fmt: skip
     metrics = trainer.evaluate() if eval_dataset is not None else {}
     trainer.log_metrics("eval", metrics)
+    if metrics:
+        trainer.save_metrics("eval", metrics)
     # The card fields given here are remembered by the trainer for every later save and push.
-    trainer.create_model_card(dataset=data_args.dataset_name)
+    card = {"dataset": data_args.dataset_name, "eval_split": eval_name if eval_dataset is not None else None}
+    trainer.create_model_card(**card)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset_name)  # saves the model first, then uploads the folder
+        trainer.push_to_hub(**card)  # saves the model first, then uploads the folder
     else:
         trainer.save_model()
     return trainer

@@ -114,6 +114,7 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.initializer_range = initializer_range
         self._check_architecture()
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
 
@@ -145,6 +146,15 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**presets[name], **kwargs})
 
 
+# Remote code: a saved folder carries this file, the modeling file and the loss router, and answers to every
+# Auto class below without hf_tinyvit (trust_remote_code=True), whichever model was saved (transformers itself
+# writes only the saved class into `auto_map`). The image processors are stock ViT ones: no entry needed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_tinyvit.TinyViTConfig",
+    "AutoModel": "modeling_tinyvit.TinyViTModel",
+    "AutoModelForImageClassification": "modeling_tinyvit.TinyViTForImageClassification",
+    "AutoBackbone": "modeling_tinyvit.TinyViTBackbone",
+}
 TinyViTConfig.register_for_auto_class()
 
-__all__ = ["SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]
+__all__ = ["AUTO_MAP", "SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]
