@@ -138,7 +138,7 @@ def folders(tmp_path_factory):
     for family, model, processor in (
         ("tinyvit", TinyViTForImageClassification(tiny_config(image_size=SIZE, **labels)), tinyvit_image_processor(SIZE)),
         ("deit", DeiTDistilledForImageClassification(deit_config()), deit_image_processor(SIZE)),
-    ):
+    ):  # fmt: skip
         run = train(model, processor, root / f"{family}-trainer-output")
         out[f"{family}-trainer-output"] = run
         out[f"{family}-trainer-checkpoint"] = run / "checkpoint-2"
@@ -147,7 +147,9 @@ def folders(tmp_path_factory):
     names.write_text("\n".join(DIGIT_NAMES) + "\n")
     checkpoints = {
         # a fine-tuned timm model as a training script saves it: wrapped, with DistributedDataParallel prefixes
-        "tinyvit-converted-10-classes": ("tiny_vit_5m_224", 10, lambda s: {"model_ema": {f"module.{k}": v for k, v in s.items()}}),
+        "tinyvit-converted-10-classes": (
+            "tiny_vit_5m_224", 10, lambda s: {"model_ema": {f"module.{k}": v for k, v in s.items()}}
+        ),
         "deit-converted-10-classes": ("deit_tiny_distilled_patch16_224", 10, lambda s: {"state_dict": s, "epoch": 9}),
         "tinyvit-converted-headless": ("tiny_vit_5m_224", 0, dict),
         "tinyvit-converted-backbone": ("tiny_vit_5m_224", 0, lambda s: {k: v for k, v in s.items() if "head" not in k}),

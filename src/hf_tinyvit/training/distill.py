@@ -224,8 +224,8 @@ def distill(
         checksum,
     )  # fmt: skip
     metrics = trainer.evaluate() if eval_dataset is not None else {}
-    trainer.log_metrics("eval", metrics)
     if metrics:
+        trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     # The card fields given here are remembered by the trainer for every later save and push.
     card = {"dataset": data_args.dataset_name, "eval_split": eval_name if eval_dataset is not None else None}
