@@ -167,3 +167,14 @@ def test_store_pushed_to_the_hub_trains_a_student_from_its_id(store, tmp_path, m
     assert "[`me/digits-logits`](https://huggingface.co/datasets/me/digits-logits)" in student.text
     assert str(tmp_path) not in student.content
     assert json.loads((hub.repo_dir("me/student") / "config.json").read_text())["auto_map"]["AutoModel"]
+
+
+def test_store_card_numbers_repeated_class_names(store):
+    from hf_tinyvit.store.format import dataset_card
+
+    # ImageNet-1k names two classes "crane" and two "maillot"; a ClassLabel needs unique names
+    metadata = {**store.metadata, "id2label": {i: "crane" if i in (1, 4) else f"class {i}" for i in range(10)}}
+    card = DatasetCard(dataset_card(metadata))
+    (feature,) = [f for f in card.data.dataset_info[0]["features"] if f["name"] == "teacher_topk_indices"]
+    names = feature["list"]["class_label"]["names"]
+    assert names["1"] == "crane (1)" and names["4"] == "crane (4)" and names["2"] == "class 2"

@@ -43,17 +43,29 @@ def set_verbosity(level: int | str, *, transformers: bool = True) -> None:
         transformers_logging.set_verbosity(level)
 
 
-def enable_console(stream=None) -> None:
-    """Print hf_tinyvit's messages, one per line, to `stream` (stderr, where transformers writes its own).
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a message comes, not to the stream it was created with (a
+    command run in-process, e.g. under pytest, may outlive the stderr it started with)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def enable_console() -> None:
+    """Print hf_tinyvit's messages, one per line, to stderr, where transformers writes its own.
 
     For command lines: a library adds no handler. Calling it again changes nothing.
     """
     package = logging.getLogger(PACKAGE)
-    if any(getattr(handler, "_hf_tinyvit_console", False) for handler in package.handlers):
+    if any(isinstance(handler, _StderrHandler) for handler in package.handlers):
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._hf_tinyvit_console = True
     package.addHandler(handler)
 
 

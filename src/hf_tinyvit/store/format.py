@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -203,6 +204,9 @@ def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: s
     ]
     id2label = {int(k): v for k, v in (metadata.get("id2label") or {}).items()}
     names = [id2label.get(i, str(i)) for i in range(int(metadata["num_labels"]))]
+    # ClassLabel names must be unique; ImageNet-1k's are not ("crane", "maillot"): number the repeats
+    repeated = {name for name, count in Counter(names).items() if count > 1}
+    names = [f"{name} ({i})" if name in repeated else name for i, name in enumerate(names)]
     from ..augment.recipe import AugmentationRecipe
 
     mixes = AugmentationRecipe.from_dict(metadata["recipe"]).mixes  # Mixup/CutMix stores record each partner

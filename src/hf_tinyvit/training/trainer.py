@@ -193,7 +193,7 @@ class DistillationTrainer(Trainer):
                 "distillation_type='stored' needs stored logits: pass train_dataset=StoredLogitsDataset(dataset, "
                 "TeacherLogitStore.open(path)) (or --teacher_logits with `hf-tinyvit distill`)"
             )
-        _check_train_dataset(mode, args, train_dataset, live_teacher=teacher_model is not None, collator=data_collator)
+        _check_train_dataset(mode, train_dataset, live_teacher=teacher_model is not None, collator=data_collator)
         if data_collator is None and isinstance(train_dataset, DistillationDataset):
             # Mixed (distribution) and unmixed (index) labels batch together only through the dataset's collate.
             data_collator = train_dataset.collate_fn
@@ -493,7 +493,7 @@ def _stored_targets_source(args: DistillationTrainingArguments, train_dataset: A
     )
 
 
-def _check_train_dataset(mode: DistillationMode, args, train_dataset: Any, *, live_teacher: bool, collator) -> None:
+def _check_train_dataset(mode: DistillationMode, train_dataset: Any, *, live_teacher: bool, collator) -> None:
     """Refuse, before any work, a train dataset that cannot give the model `pixel_values` or the mode its
     targets, saying which type to pass and how to build it."""
     reads_store = mode.needs_teacher and not live_teacher
@@ -522,7 +522,7 @@ def _check_train_dataset(mode: DistillationMode, args, train_dataset: Any, *, li
                 "AugmentationRecipe.tinyvit_pretrain(image_size), seed=0) (or StoredLogitsDataset(dataset, store) to "
                 "replay stored teacher logits)"
             )
-            + " (both from hf_tinyvit), or give it a transform that returns pixel_values"
+            + " (from hf_tinyvit), or give it a transform that returns pixel_values"
         )
     if reads_store and not targets:
         raise TypeError(
