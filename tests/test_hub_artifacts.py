@@ -435,3 +435,15 @@ def test_export_writes_the_processor_and_keeps_the_logits(folders, tmp_path):
     assert json.loads((tmp_path / "fresh" / "preprocessor_config.json").read_text())["crop_size"]["height"] == SIZE
     card = ModelCard.load(folders["deit-exported-to-stock"] / "README.md")
     assert "custom_code" not in card.data.tags and "trust_remote_code" not in card.text
+
+
+def test_pushing_an_export_uploads_the_folder_its_card_names(folders, tmp_path, monkeypatch):
+    from fake_hub import FakeHub
+
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    cli(["export-deit", "--model", str(folders["deit-trainer-output"]), "--output-dir", str(tmp_path / "export"),
+         "--push-to-hub", "me/deit-stock"])  # fmt: skip
+    assert hub.files("me/deit-stock") == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    card = ModelCard.load(hub.repo_dir("me/deit-stock") / "README.md")
+    assert card.data.model_name == "me/deit-stock" and card.data.base_model is None  # the source is a local folder
+    assert 'pipeline("image-classification", model="me/deit-stock")' in card.text

@@ -88,7 +88,7 @@ def test_trainer_card_reads_back_and_names_teacher_and_store_without_paths(store
     for metric, result in by_metric.items():
         assert result.metric_value == pytest.approx(metrics[f"eval_{metric}"])
         assert (result.task_type, result.dataset_split) == ("image-classification", "test")
-        assert result.dataset_name == "digits (scikit-learn's handwritten digits)"
+        assert (result.dataset_type, result.dataset_name) == ("digits", "digits (scikit-learn's handwritten digits)")
     assert "`logistic-teacher`" in card.text and "`digits-top3`" in card.text
     assert str(tmp_path) not in card.content and str(Path(store.path).parent) not in card.content
     assert f"- transformers {transformers.__version__}" in card.text and f"- torch {version('torch')}" in card.text

@@ -162,9 +162,9 @@ def write_trainer_model_card(
         + (f" on {named}." if named else ".")
     )
     eval_dataset = None
-    if references:
+    if references:  # model-index: the dataset's id (its Hub id, else its short name) and its display name
         repo, name = references[0]
-        eval_dataset = (repo or name, name)
+        eval_dataset = (repo or public_name(datasets[0]), name)
     kwargs = {"license": remembered["license"]} if remembered.get("license") else {}
     return write_model_card(
         output_dir,
