@@ -41,7 +41,8 @@ from test_tinyvit_modeling import randomise, tiny_config
 
 timm = pytest.importorskip("timm")
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's folders once, rather than each worker building them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hub_artifacts")]
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SIZE = 32

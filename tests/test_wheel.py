@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's folders once, rather than each worker building them
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = json.dumps(
