@@ -23,6 +23,7 @@ from transformers import (
     pipeline,
 )
 
+from build_once import build_once
 from hf_tinyvit import (
     AugmentationRecipe,
     AugmentedDataset,
@@ -41,8 +42,7 @@ from test_tinyvit_modeling import randomise, tiny_config
 
 timm = pytest.importorskip("timm")
 
-# one worker builds the module's folders once, rather than each worker building them
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hub_artifacts")]
+pytestmark = pytest.mark.slow
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SIZE = 32
@@ -114,7 +114,10 @@ def deit_config(**overrides) -> DeiTDistilledConfig:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """One folder of each kind, keyed as in KINDS."""
-    root = tmp_path_factory.mktemp("artifacts")
+    return {kind: Path(path) for kind, path in build_once(tmp_path_factory, "hub_artifacts", write_folders).items()}
+
+
+def write_folders(root: Path) -> dict[str, str]:
     out = {}
     labels = {"num_labels": 10, "id2label": dict(enumerate(DIGIT_NAMES))}
 
@@ -166,7 +169,7 @@ def folders(tmp_path_factory):
 
     out["deit-exported-to-stock"] = root / "deit-exported-to-stock"
     cli(["export-deit", "--model", str(out["deit-trainer-output"]), "--output-dir", str(out["deit-exported-to-stock"])])
-    return out
+    return {kind: str(path) for kind, path in out.items()}
 
 
 def pixels_for(folder: Path) -> torch.Tensor:
@@ -296,7 +299,10 @@ BLOCKED = textwrap.dedent(
 @pytest.fixture(scope="module")
 def blocked(folders, tmp_path_factory):
     """Loads every folder in one subprocess where importing hf_tinyvit raises; returns its report."""
-    work = tmp_path_factory.mktemp("blocked")
+    return build_once(tmp_path_factory, "hub_artifacts_blocked", lambda work: load_blocked(folders, work))
+
+
+def load_blocked(folders: dict[str, Path], work: Path) -> dict:
     digit_image().save(work / "digit.png")
     digit_image().save(work / "image.jpg")  # the file the cards' snippets open
     specs = []

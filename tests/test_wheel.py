@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# one worker builds the module's folders once, rather than each worker building them
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
+from build_once import build_once
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = json.dumps(
@@ -34,8 +35,12 @@ def run(command, cwd, env, timeout=600):
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """(bin folder, environment variables, work folder) of a fresh venv with the wheel installed."""
-    root = tmp_path_factory.mktemp("wheel")
+    """Paths (bin folder, wheel, site-packages) and environment variables of a fresh venv with the wheel."""
+    built = build_once(tmp_path_factory, "wheel_venv", install_the_wheel)
+    return {**{k: Path(v) for k, v in built.items() if k != "env"}, "env": built["env"]}
+
+
+def install_the_wheel(root: Path) -> dict:
     source = root / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -60,12 +65,10 @@ def venv(tmp_path_factory):
     # pip comes from the shared packages; --ignore-installed: never touch the editable install they list
     run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
         cwd=root, env=env)  # fmt: skip
-    work = root / "work"
-    work.mkdir()
-    return {"bin": root / "venv" / "bin", "env": env, "work": work, "wheel": wheel, "purelib": purelib}
+    return {"bin": str(root / "venv" / "bin"), "env": env, "wheel": str(wheel), "purelib": str(purelib)}
 
 
-def test_the_wheel_carries_the_command_line_and_the_remote_code(venv):
+def test_the_wheel_carries_the_command_line_and_the_remote_code(venv, tmp_path):
     names = set(zipfile.ZipFile(venv["wheel"]).namelist())
     for path in ("cli.py", "hub.py", "log.py", "inspection.py", "losses.py",
                  "models/tinyvit/convert_tinyvit.py", "models/deit_distilled/convert_deit_distilled.py",
@@ -77,7 +80,7 @@ def test_the_wheel_carries_the_command_line_and_the_remote_code(venv):
         (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
         assert "hf-tinyvit = hf_tinyvit.cli:_console_main" in archive.read(entry_points).decode()
     done = run([str(venv["bin"] / "python"), "-c", "import hf_tinyvit, sys; print(hf_tinyvit.__file__)"],
-               cwd=venv["work"], env=venv["env"])  # fmt: skip
+               cwd=tmp_path, env=venv["env"])  # fmt: skip
     assert Path(done.stdout.strip()).is_relative_to(venv["purelib"]), done.stdout  # the wheel's copy, not ours
 
 
@@ -87,7 +90,8 @@ def test_every_subcommand_runs_from_the_installed_wheel(venv, tmp_path):
 
     from hf_tinyvit import DeiTDistilledConfig, DeiTDistilledForImageClassification, deit_image_processor
 
-    work, env = venv["work"], venv["env"]
+    work, env = tmp_path / "work", venv["env"]
+    work.mkdir()
     cli = [str(venv["bin"] / "hf-tinyvit")]
     listed = run(cli + ["--help"], cwd=work, env=env).stdout
     subcommands = [line.split()[0] for line in listed.split("subcommands:\n")[1].split("\n\n")[0].splitlines()]
