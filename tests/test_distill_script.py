@@ -136,12 +136,14 @@ def test_one_process_run_pushes_a_pipeline_ready_model_with_a_parsing_card(store
     card = ModelCard(upload["card"])
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
     assert {"tinyvit", "distillation-stored", "knowledge-distillation"} <= set(card.data.tags)
-    assert card.data.datasets == ["digits"]
+    assert card.data.datasets is None  # the built-in digits and a local store have no Hub id to list
     (result,) = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
     final_eval = [e for e in trainer.state.log_history if "eval_accuracy" in e][-1]
     assert result.metric_value == pytest.approx(final_eval["eval_accuracy"])
+    assert (result.dataset_name, result.dataset_split) == ("digits (scikit-learn's handwritten digits)", "test")
     assert "top-3 of 10 classes, stored for epochs [0, 1]" in card.text
-    assert "`digits-logistic`" in card.text
+    assert "`digits-logistic`" in card.text and "`digits-top3`" in card.text  # the store by name, not its path
+    assert str(store_path) not in card.content and str(tmp_path) not in card.content
     # The custom-code note is there exactly when the modeling code travels with the weights.
     assert ("trust_remote_code=True" in card.text) == any(f.startswith("modeling_") for f in upload["files"])
     assert ModelCard.load(output_dir / "README.md").data.to_dict() == card.data.to_dict()
@@ -166,11 +168,21 @@ def test_two_gloo_processes_train_in_lock_step(store_path, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = re.findall(
         r"\[distill\] rank (\d) of (\d): (\d+) steps, train_loss ([\d.]+), parameter checksum (\d\.\d+e[+-]\d+)",
-        run.stdout,
+        run.stderr,  # hf_tinyvit's messages go where transformers' do
     )
-    assert sorted(line[0] for line in lines) == ["0", "1"], run.stdout[-3000:]
+    assert sorted(line[0] for line in lines) == ["0", "1"], run.stderr[-3000:]
     assert {line[1] for line in lines} == {"2"}
     # 64 samples / (8 per device x 2 processes) x 2 epochs; equal checksums: gradients were all-reduced.
     assert {line[2] for line in lines} == {"8"}
     assert len({line[4] for line in lines}) == 1
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "README.md").is_file()
+    # The card the main process wrote parses, and its model-index reads back the run's final evaluation.
+    from huggingface_hub import metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    evaluated = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    name, results = model_index_to_eval_results(metadata_load(tmp_path / "out" / "README.md")["model-index"])
+    (accuracy,) = [r for r in results if r.metric_type == "accuracy"]
+    assert name == "out" and accuracy.task_type == "image-classification" and accuracy.dataset_split == "test"
+    assert accuracy.metric_value == pytest.approx(evaluated["eval_accuracy"])
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.eval_results[0].metric_value == accuracy.metric_value

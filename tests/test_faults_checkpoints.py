@@ -122,9 +122,12 @@ def test_teacher_weights_that_do_not_fit_are_listed(tmp_path):
 def test_converter_writes_no_pickle_and_loads_without_remote_code(deit_pth, tmp_path):
     output = tmp_path / "converted"
     convert_cli(["--checkpoint", str(deit_pth), "--variant", DEIT_VARIANT, "--output-dir", str(output)])
-    assert {p.suffix for p in output.iterdir()} <= {".safetensors", ".json", ".md"}, list(output.iterdir())
+    assert {p.suffix for p in output.iterdir()} <= {".safetensors", ".json", ".md", ".py"}, list(output.iterdir())
+    # the only code is the remote code the config points to, for loading without hf_tinyvit
+    code = {p.name for p in output.glob("*.py")}
+    assert code == {"configuration_deit_distilled.py", "modeling_deit_distilled.py", "losses.py"}, code
     assert_only_safe_files(output)
-    assert "auto_map" not in json.loads((output / "config.json").read_text())
+    assert "AutoModelForImageClassification" in json.loads((output / "config.json").read_text())["auto_map"]
     model = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=False)
     assert type(model).__module__.startswith("hf_tinyvit.")
 

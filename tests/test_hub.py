@@ -7,6 +7,8 @@ from hf_tinyvit.hub import (
     imagenet_id2label,
     load_state_dict,
     map_state_dict_by_order,
+    read_id2label,
+    unwrap_state_dict,
     write_model_card,
 )
 
@@ -99,3 +101,37 @@ def test_model_card_metadata_parses(tmp_path):
     assert card.data.library_name == "transformers"
     assert card.data.eval_results[0].metric_value == pytest.approx(0.9)
     assert "trust_remote_code=True" in card.text and "teacher: resnet10t" in card.text
+    assert "custom_code" in card.data.tags and "## Framework versions" in card.text
+
+
+def test_unwrap_state_dict_takes_the_usual_wrappers_and_names_what_it_found():
+    weights = {"w": torch.ones(2), "b": torch.zeros(1)}
+    assert unwrap_state_dict(weights) == weights
+    # nested wrappers, a step counter beside them, DistributedDataParallel prefixes
+    wrapped = {"state_dict": {"model": {f"module.{k}": v for k, v in weights.items()}}, "epoch": 3}
+    assert unwrap_state_dict(wrapped) == weights
+    # the trained weights win over their moving average when both are there
+    both = {"model": weights, "model_ema": {"w": torch.full((2,), 9.0)}, "optimizer": {"state": {}}}
+    assert unwrap_state_dict(both)["w"].tolist() == [1.0, 1.0]
+    assert unwrap_state_dict({"model_ema": weights, "epoch": 1}) == weights
+    with pytest.raises(ValueError, match=r"top-level keys are: 'encoder' \(dict\), 'step' \(int\)"):
+        unwrap_state_dict({"encoder": {"w": torch.ones(1)}, "step": 3}, "ckpt.pth")
+    with pytest.raises(ValueError, match="holds no tensors"):
+        unwrap_state_dict({"model": {}})
+    only_some = {"module.a": torch.ones(1), "b": torch.ones(1)}  # not every key: a real name, kept
+    assert set(unwrap_state_dict(only_some)) == {"module.a", "b"}
+
+
+def test_read_id2label_from_json_or_lines(tmp_path):
+    (tmp_path / "list.json").write_text('["cat", "dog"]')
+    (tmp_path / "map.json").write_text('{"1": "dog", "0": "cat"}')
+    (tmp_path / "names.txt").write_text("cat\n\ndog\n")
+    for name in ("list.json", "map.json", "names.txt"):
+        assert read_id2label(tmp_path / name, 2) == {0: "cat", 1: "dog"}
+    (tmp_path / "gap.json").write_text('{"0": "cat", "2": "dog"}')
+    with pytest.raises(ValueError, match="must number its classes 0..1 without gaps"):
+        read_id2label(tmp_path / "gap.json")
+    with pytest.raises(ValueError, match="names 2 classes but the checkpoint's head has 3"):
+        read_id2label(tmp_path / "names.txt", 3)
+    with pytest.raises(FileNotFoundError, match="label file"):
+        read_id2label(tmp_path / "missing.txt")

@@ -264,36 +264,21 @@ def test_missing_records_and_shards_are_named(saved, digits, tmp_path):
 def test_push_to_hub_uploads_metadata_card_and_complete_shards_only(saved, monkeypatch, tmp_path):
     import shutil
 
-    import huggingface_hub
+    from fake_hub import FakeHub
 
     copy = str(tmp_path / "copy")
     shutil.copytree(saved["path"], copy)
     open(os.path.join(copy, "data/epoch_0001/chunk_000009.parquet.tmp-123"), "w").close()
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, **kwargs):
-            calls["create"] = (repo_id, kwargs)
-
-        def upload_folder(self, **kwargs):
-            calls["upload"] = kwargs
-            matched = [
-                os.path.relpath(os.path.join(d, f), kwargs["folder_path"])
-                for d, _, fs in os.walk(kwargs["folder_path"])
-                for f in fs
-                if os.path.relpath(os.path.join(d, f), kwargs["folder_path"]) in kwargs["allow_patterns"]
-            ]
-            calls["files"] = sorted(matched)
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    open(os.path.join(copy, "data/epoch_0001/stray.parquet"), "w").close()
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
     store = TeacherLogitStore.open(copy)
     store.push_to_hub("someone/digits-logits", private=True)
-    assert calls["create"] == ("someone/digits-logits", {"repo_type": "dataset", "private": True, "exist_ok": True})
-    assert calls["upload"]["repo_type"] == "dataset"
-    assert calls["files"] == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
+    assert hub.calls[0] == ("create_repo", {"repo_id": "someone/digits-logits", "repo_type": "dataset", "private": True})
+    (commit,) = [args for name, args in hub.calls if name == "create_commit"]
+    assert commit["repo_type"] == "dataset"
+    assert sorted(commit["paths"]) == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
+    card = (hub.repo_dir("someone/digits-logits", "dataset") / "README.md").read_text()
+    assert "someone/digits-logits" in card and "license: other" in card
 
 
 # ---- the view cache --------------------------------------------------------------------------------------

@@ -1,16 +1,21 @@
 """`hf-tinyvit`, the package's command line: `save-logits` (run a teacher once and store its sparse top-k
-probabilities), `distill` (train a student with `DistillationTrainer`) and `convert` (official or timm
-TinyViT / DeiT checkpoints to transformers folders). Each subcommand also runs under
-`accelerate launch -m hf_tinyvit.cli <subcommand> ...`; the scripts in examples/ and conversion/ are
-thin wrappers over the same code."""
+probabilities), `distill` (train a student with `DistillationTrainer`), `convert` (official, timm or fine-tuned
+TinyViT / DeiT checkpoints to transformers folders), `export-deit` (a DeiT-distilled folder to stock
+transformers DeiT) and `inspect` (what a store or a model folder holds). Each subcommand also runs under
+`accelerate launch -m hf_tinyvit.cli <subcommand> ...`; the scripts in examples/ and conversion/ are thin
+wrappers over the same code. Results go to stdout, messages (`--verbosity`) to stderr."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 
-__all__ = ["main", "save_logits_parser", "verify_parser"]
+from . import log
+
+__all__ = ["COMMANDS", "main", "save_logits_parser", "verify_parser"]
 
 RECIPES = ("tinyvit_pretrain", "deit", "digits")
 
@@ -72,11 +77,8 @@ def save_logits(argv: list[str] | None = None) -> str:
     except ValueError as error:
         parser.error(str(error))
     accelerator = Accelerator()
-    logging.basicConfig(
-        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING, format="%(message)s"
-    )
     # every rank reports the shards it wrote, so a launch can show that all of them took part
-    logging.getLogger("hf_tinyvit.store.writer").setLevel(logging.INFO)
+    log.get_logger("hf_tinyvit.store.writer").setLevel(logging.INFO)
     recipe = getattr(AugmentationRecipe, args.recipe)(args.image_size)
     # The teacher pass covers the whole split (no hold-out), so any student can train on all of it;
     # --seed drives the augmentation only.
@@ -151,21 +153,61 @@ def verify(argv: list[str] | None = None):
     return report
 
 
+def _push_folder(folder, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+    print(f"pushed {folder} to https://huggingface.co/{repo_id}")
+
+
+def _parameter_count(model) -> str:
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
+
+
 def convert_parser(prog: str = "hf-tinyvit convert") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Convert an official or timm checkpoint (TinyViT: microsoft/Cream or timm layout; DeiT: "
-        "facebookresearch/deit or timm) into a transformers folder: config with labels, safetensors, reference "
-        "preprocessing and a model card. The family follows from --variant.",
+        description="Convert a TinyViT checkpoint (microsoft/Cream or timm layout) or a distilled DeiT checkpoint "
+        "(facebookresearch/deit or timm layout) into a transformers folder: config with the class names, "
+        "safetensors, reference preprocessing, the modeling code (it loads with trust_remote_code=True where "
+        "hf_tinyvit is not installed) and a model card. The family follows from --variant; the class count "
+        "from the checkpoint's head, so fine-tuned heads convert too; a checkpoint without a head becomes "
+        "TinyViTModel / TinyViTBackbone (DeiT: its base model). Training checkpoints wrapped in model / "
+        "state_dict / model_ema, or saved from DistributedDataParallel (module. prefixes), are unwrapped.",
     )
-    parser.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin (torch.load weights_only) or .safetensors")
+    parser.add_argument(
+        "--checkpoint", required=True, help=".pth/.pt/.bin (read with torch.load(weights_only=True)) or .safetensors"
+    )
     parser.add_argument(
         "--variant",
         required=True,
-        help="timm name: tiny_vit_{5m,11m,21m}_{224,384,512}[.tag] or deit_{tiny,small,base}_distilled_patch16_{224,384}",
+        help="the architecture, by timm name: tiny_vit_{5m,11m,21m}_{224,384,512}[.tag] or "
+        "deit_{tiny,small,base}_distilled_patch16_224, deit_base_distilled_patch16_384",
     )
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
-    parser.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", metavar="REPO_ID", default=None)
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="folder to write")
+    parser.add_argument(
+        "--id2label",
+        default=None,
+        metavar="FILE",
+        help="class names: a JSON file (a list, or an object mapping class numbers to names) or a text file with "
+        "one name per line; it must name as many classes as the head has. Default: ImageNet-1k / -21k names for "
+        "1,000 / 21,841 classes, LABEL_<i> otherwise",
+    )
+    parser.add_argument(
+        "--base-model",
+        "--base_model",
+        dest="base_model",
+        default=None,
+        metavar="HUB_ID",
+        help="the Hub model the checkpoint was fine-tuned from, for the card's base_model (default: timm/<variant> "
+        "when the variant carries a tag, timm/<variant>.fb_in1k for a 1,000-class DeiT)",
+    )
+    parser.add_argument(
+        "--push-to-hub", "--push_to_hub", dest="push_to_hub", metavar="REPO_ID", default=None,
+        help="also upload the folder to this Hub model repo (the card names it)",
+    )  # fmt: skip
     return parser
 
 
@@ -175,6 +217,7 @@ def convert(argv: list[str] | None = None):
 
     import torch
 
+    from .hub import read_id2label
     from .models.deit_distilled.convert_deit_distilled import VARIANTS as DEIT_VARIANTS
     from .models.tinyvit.convert_tinyvit import parse_variant
 
@@ -191,49 +234,126 @@ def convert(argv: list[str] | None = None):
             f"--variant {args.variant!r} is neither a TinyViT (tiny_vit_{{5m,11m,21m}}_{{224,384,512}}[.tag]) nor "
             f"one of the distilled DeiTs {sorted(DEIT_VARIANTS)}"
         )
+    id2label = read_id2label(args.id2label) if args.id2label else None
+    names = {"model_id": args.push_to_hub, "base_model": args.base_model}
 
     if is_tinyvit:
         from .models.tinyvit.convert_tinyvit import convert as convert_tinyvit
 
         with torch.no_grad():
-            model, processor = convert_tinyvit(args.checkpoint, args.variant, args.output_dir)
-        print(f"wrote {args.output_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
-        if args.push_to_hub:
-            model.push_to_hub(args.push_to_hub)
-            processor.push_to_hub(args.push_to_hub)
-            from huggingface_hub import upload_file
-
-            upload_file(path_or_fileobj=str(Path(args.output_dir) / "README.md"), path_in_repo="README.md",
-                        repo_id=args.push_to_hub)  # fmt: skip
-            print(f"pushed to https://huggingface.co/{args.push_to_hub}")
-        return Path(args.output_dir)
-
-    from .models.deit_distilled.convert_deit_distilled import (
-        convert_checkpoint,
-        save_converted,
-        verify_against_timm,
-    )
-
-    model = convert_checkpoint(args.checkpoint, args.variant)
-    try:
-        import timm  # noqa: F401  (part of the `conversion` extra; the check is skipped without it)
-    except ImportError:
-        print("timm is not installed: skipped the logit check against timm")
+            model, _ = convert_tinyvit(args.checkpoint, args.variant, args.output_dir, id2label=id2label, **names)
     else:
-        difference = verify_against_timm(model, args.checkpoint, args.variant)
-        print(f"max |logit difference| against timm: {difference:.2e}")
-        if difference > 1e-4:
-            raise SystemExit(f"converted logits differ from timm's by {difference:.2e} > 1e-4; nothing written")
-    save_converted(model, args.variant, args.output_dir, model_id=args.push_to_hub)
-    if args.push_to_hub:
-        from huggingface_hub import HfApi
+        from .models.deit_distilled.convert_deit_distilled import (
+            convert_checkpoint,
+            save_converted,
+            verify_against_timm,
+        )
 
-        api = HfApi()
-        api.create_repo(args.push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir)
-        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
-    print(f"wrote {args.output_dir}")
+        model = convert_checkpoint(args.checkpoint, args.variant, id2label=id2label)
+        try:
+            import timm  # noqa: F401  (part of the `conversion` extra; the check is skipped without it)
+        except ImportError:
+            logger.warning("timm is not installed: skipped the logit check against timm")
+        else:
+            difference = verify_against_timm(model, args.checkpoint, args.variant)
+            print(f"max |difference| against timm on the same weights: {difference:.2e}")
+            if difference > 1e-4:
+                raise SystemExit(f"converted outputs differ from timm's by {difference:.2e} > 1e-4; nothing written")
+        save_converted(model, args.variant, args.output_dir, **names)
+    print(f"wrote {args.output_dir}: {type(model).__name__}, {_parameter_count(model)}")
+    if args.push_to_hub:
+        _push_folder(args.output_dir, args.push_to_hub)
     return Path(args.output_dir)
+
+
+def export_deit_parser(prog: str = "hf-tinyvit export-deit") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Export a DeiT-distilled model (a folder or Hub id written by hf_tinyvit: save_pretrained, "
+        "the trainer, the converter) to a folder that stock transformers loads with no remote code and no "
+        "hf_tinyvit: DeiTForImageClassificationWithTeacher (inference: late fusion of the two heads), its image "
+        "processor and a model card. The exported logits are checked against the source model's.",
+    )
+    parser.add_argument("--model", required=True, help="the DeiT-distilled model folder or Hub id")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="folder to write")
+    parser.add_argument(
+        "--push-to-hub", "--push_to_hub", dest="push_to_hub", metavar="REPO_ID", default=None,
+        help="also upload the folder to this Hub model repo (the card names it)",
+    )  # fmt: skip
+    return parser
+
+
+def export_deit(argv: list[str] | None = None):
+    """`hf-tinyvit export-deit`: returns the output folder."""
+    from pathlib import Path
+
+    import torch
+
+    from .hub import public_name, write_model_card
+    from .models.deit_distilled import DeiTDistilledForImageClassification
+
+    args = export_deit_parser().parse_args(argv)
+    model = DeiTDistilledForImageClassification.from_pretrained(args.model).eval()
+    model.save_as_transformers_deit(args.output_dir)
+    from transformers import DeiTForImageClassificationWithTeacher
+
+    stock = DeiTForImageClassificationWithTeacher.from_pretrained(args.output_dir).eval()
+    size = model.config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        difference = float((stock(pixels).logits - model(pixels).logits).abs().max())
+    if difference > 1e-5:
+        raise SystemExit(f"exported logits differ from the source model's by {difference:.2e}")
+    write_model_card(
+        args.output_dir,
+        model_id=args.push_to_hub or Path(args.output_dir).name,
+        base_model=args.model,
+        tags=["deit", "knowledge-distillation"],
+        description=(
+            f"Stock transformers `DeiTForImageClassificationWithTeacher` exported by hf_tinyvit from the "
+            f"DeiT-distilled model `{public_name(args.model)}` ({model.config.num_labels} classes): it loads with "
+            "transformers alone, without remote code. It is for inference (logits average the class and "
+            "distillation heads); fine-tune the source model with hf_tinyvit to train the distillation token."
+        ),
+    )
+    print(f"wrote {args.output_dir}: DeiTForImageClassificationWithTeacher, max |logit difference| {difference:.1e}")
+    if args.push_to_hub:
+        _push_folder(args.output_dir, args.push_to_hub)
+    return Path(args.output_dir)
+
+
+def inspect_parser(prog: str = "hf-tinyvit inspect") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Describe a teacher-logit store (records, epochs, top-k, bytes per record, teacher, recipe, "
+        "the histogram of the teacher's top-1 classes) or a model folder (family, preset, head, classes, "
+        "parameters, remote code, preprocessing). Reads the files only: no model is built.",
+    )
+    parser.add_argument("path", help="a store folder or a store's Hub dataset id, or a model folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--top", type=int, default=20, help="classes shown in the text histogram (most frequent first; default 20)"
+    )
+    return parser
+
+
+def inspect(argv: list[str] | None = None) -> dict:
+    """`hf-tinyvit inspect`: returns the description it prints."""
+    from .inspection import describe_model_folder, describe_store, format_description
+
+    parser = inspect_parser()
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        parser.error(f"--top {args.top} must be >= 1")
+    path = args.path
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        description = describe_model_folder(path)
+    elif os.path.isdir(path) and not os.path.isfile(os.path.join(path, "metadata.json")):
+        parser.error(f"{path!r} holds neither a store (metadata.json) nor a model (config.json)")
+    else:
+        description = describe_store(path)
+    print(json.dumps(description, indent=2) if args.json else format_description(description, top=args.top))
+    return description
 
 
 def distill(argv: list[str] | None = None):
@@ -247,22 +367,54 @@ def distill(argv: list[str] | None = None):
 COMMANDS = {
     "save-logits": (save_logits, "run a teacher once and store its sparse top-k probabilities"),
     "distill": (distill, "train a student: stored-logit, hard/soft distillation or fine-tuning"),
-    "convert": (convert, "convert an official or timm TinyViT / DeiT checkpoint"),
+    "convert": (convert, "convert a Cream / timm / deit TinyViT or DeiT checkpoint, any head, to a folder"),
+    "export-deit": (export_deit, "export a DeiT-distilled folder to stock transformers DeiT (no remote code)"),
+    "inspect": (inspect, "describe a teacher-logit store or a model folder"),
     "verify": (verify, "check every byte, record and (given the dataset) image of a teacher-logit store"),
 }
+
+logger = log.get_logger(__name__)
+
+
+def _usage() -> str:
+    lines = [f"  {name:<12s} {summary}" for name, (_, summary) in COMMANDS.items()]
+    return (
+        "usage: hf-tinyvit [--verbosity {" + ",".join(log.LEVELS) + "}] {" + ",".join(COMMANDS) + "} ...\n\n"
+        "subcommands:\n" + "\n".join(lines) + "\n\n"
+        "options:\n"
+        "  -h, --help    show this message and exit\n"
+        "  --version     print hf_tinyvit's version and exit\n"
+        "  --verbosity   messages shown on stderr: hf_tinyvit's and transformers' (default: hf_tinyvit at info,\n"
+        "                transformers unchanged; `distill` follows --log_level / --log_level_replica)\n\n"
+        "`hf-tinyvit <subcommand> --help` lists a subcommand's flags."
+    )
 
 
 def main(argv: list[str] | None = None):
     """Run one subcommand; `argv` defaults to `sys.argv[1:]`. Returns what the subcommand returns."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        lines = [f"  {name:<12s} {summary}" for name, (_, summary) in COMMANDS.items()]
-        usage = "usage: hf-tinyvit {" + ",".join(COMMANDS) + "} ...\n\nsubcommands:\n" + "\n".join(lines)
-        usage += "\n\n`hf-tinyvit <subcommand> --help` lists a subcommand's flags."
-        if argv and argv[0] not in ("-h", "--help"):
-            raise SystemExit(f"hf-tinyvit: unknown subcommand {argv[0]!r}\n\n{usage}")
-        print(usage)
+    verbosity = None
+    while argv and argv[0].startswith("--verbosity"):
+        option = argv.pop(0)
+        value = option.split("=", 1)[1] if "=" in option else (argv.pop(0) if argv else "")
+        if value not in log.LEVELS:
+            raise SystemExit(f"hf-tinyvit: --verbosity {value!r}; accepted: {', '.join(log.LEVELS)}\n\n{_usage()}")
+        verbosity = value
+    if argv and argv[0] == "--version":
+        from . import __version__
+
+        print(f"hf-tinyvit {__version__}")
         return None
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"hf-tinyvit: unknown subcommand {argv[0]!r}\n\n{_usage()}")
+        print(_usage())
+        return None
+    log.enable_console()
+    if verbosity is not None:
+        log.set_verbosity(verbosity)
+    else:
+        log.set_verbosity(logging.INFO, transformers=False)
     command, _ = COMMANDS[argv[0]]
     return command(argv[1:])
 

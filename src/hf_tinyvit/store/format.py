@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -461,23 +462,89 @@ def identity_mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[s
     ]
 
 
-def dataset_card(metadata: dict[str, Any]) -> str:
-    """A dataset card whose YAML maps one split per saved epoch, so `load_dataset(<repo>)` works."""
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for epoch in metadata["epochs"]:
-        lines += [f"  - split: {epoch_split(epoch)}", f"    path: {os.path.dirname(shard_relpath(epoch, 0))}/*.parquet"]
-    lines += ["tags:", "- knowledge-distillation", "- tinyvit", "---", ""]
-    lines += [
-        f"# Teacher logits of `{metadata['teacher_name']}`",
-        "",
-        f"Sparse top-{metadata['topk']} teacher probabilities (float16) and class indices for "
-        f"{metadata['dataset_size']} images x {len(metadata['epochs'])} epochs, with a per-record uint32 "
-        "augmentation seed that replays the exact view the teacher saw (TinyViT's fast pretraining "
-        "distillation). Read it with `hf_tinyvit.TeacherLogitStore.open` and "
-        "`StoredLogitsDataset`; `metadata.json` holds the augmentation recipe and the teacher's identity.",
-        "",
+def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: str | None = None) -> str:
+    """The store's dataset card: Hub metadata (license, task, features with the teacher's class names as a
+    `ClassLabel`, one config per saved epoch listing its exact shard files, so that a stray file in the
+    folder is never read) and a body naming the teacher by Hub id or name (never a local path), top-k and
+    the augmentation recipe.
+
+    `load_dataset(<store>, "epoch_3")` gives epoch 3 as its "train" split; `load_dataset(<store>)` gives
+    every epoch, one split each.
+    """
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from ..hub import public_name
+
+    epochs = list(metadata["epochs"])
+    files = {epoch: [shard_relpath(epoch, c) for c in range(metadata["num_chunks"])] for epoch in epochs}
+    configs = [
+        {"config_name": "default", "data_files": [{"split": epoch_split(e), "path": list(files[e])} for e in epochs]}
     ]
-    return "\n".join(lines)
+    configs += [
+        {"config_name": epoch_split(e), "data_files": [{"split": "train", "path": list(files[e])}]} for e in epochs
+    ]
+    id2label = {int(k): v for k, v in (metadata.get("id2label") or {}).items()}
+    names = [id2label.get(i, str(i)) for i in range(int(metadata["num_labels"]))]
+    # ClassLabel names must be unique; ImageNet-1k's are not ("crane", "maillot"): number the repeats
+    repeated = {name for name, count in Counter(names).items() if count > 1}
+    names = [f"{name} ({i})" if name in repeated else name for i, name in enumerate(names)]
+    from ..augment.recipe import AugmentationRecipe
+
+    mixes = AugmentationRecipe.from_dict(metadata["recipe"]).mixes  # Mixup/CutMix stores record each partner
+    features = store_features(int(metadata["topk"]), int(metadata["num_labels"]), with_partner=mixes)
+    features["teacher_topk_indices"] = datasets.List(datasets.ClassLabel(names=names), length=int(metadata["topk"]))
+    teacher = public_name(metadata["teacher_name"])
+    data = DatasetCardData(
+        license=license,
+        task_categories=["image-classification"],
+        tags=["knowledge-distillation", "teacher-logits", "tinyvit", "hf_tinyvit"],
+        pretty_name=f"Top-{metadata['topk']} teacher logits of {teacher}",
+        configs=configs,
+    )
+    DatasetInfosDict({"default": datasets.DatasetInfo(features=features)}).to_dataset_card_data(data)
+    info = dict(data["dataset_info"])
+    # Every configuration has the same features: one YAML object referenced by each (an anchor), so 21,841
+    # class names are written once, not once per epoch.
+    data["dataset_info"] = [{"config_name": "default", **info}] + [
+        {"config_name": epoch_split(e), "features": info["features"]} for e in epochs
+    ]
+    recipe = json.dumps(metadata.get("recipe"), indent=2, sort_keys=True)
+    where = repo_id or "path/to/this/store"
+    body = f"""
+# Teacher logits of `{teacher}`
+
+Sparse top-{metadata['topk']} teacher probabilities (float16) and class indices (of {metadata['num_labels']}
+classes) for {metadata['dataset_size']} images x {len(epochs)} epochs (epochs {epochs}), each with a per-record
+uint32 augmentation seed that replays the exact view the teacher saw: TinyViT's fast pretraining distillation.
+
+- teacher: `{teacher}` (weights hash `{metadata.get('teacher_hash')}`)
+- top-k: {metadata['topk']} of {metadata['num_labels']} classes; the other classes share the leftover probability evenly
+- images: {metadata['dataset_size']} (fingerprint `{metadata.get('dataset_fingerprint')}`), seed {metadata['seed']}
+- format version {metadata.get('format_version')}; `metadata.json` holds all of this and the teacher's class names
+
+## How to use
+
+Train a student on the replayed views with hf_tinyvit (`pip install hf_tinyvit`):
+
+```python
+from hf_tinyvit import StoredLogitsDataset, TeacherLogitStore, load_image_dataset
+
+store = TeacherLogitStore.open("{where}")
+train = StoredLogitsDataset(load_image_dataset(...)["train"], store)  # the same images the teacher saw
+```
+
+or `hf-tinyvit distill --teacher_logits {where} --distillation_type stored ...`. Inspect the records with
+`datasets.load_dataset("{where}", "{epoch_split(epochs[0]) if epochs else "epoch_0"}")` (one configuration per
+epoch, its records in the `train` split).
+
+## Augmentation recipe
+
+```json
+{recipe}
+```
+"""
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
 # ---- the sparse top-k code ---------------------------------------------------------------------------

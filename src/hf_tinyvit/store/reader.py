@@ -17,6 +17,7 @@ import torch
 from ..augment.mix import mix_partners, pairing_order
 from ..augment.recipe import AugmentationRecipe
 from ..augment.sampling import augmentation_seed
+from ..hub import public_name
 from .format import (
     CARD_NAME,
     CHECKSUM_FIELD,
@@ -286,22 +287,28 @@ class TeacherLogitStore:
         self.metadata = metadata
         self.cache_dir = cache_dir
         self.shard_cache_bytes = int(shard_cache_bytes)
+        self.source = path  # what `open` was given: this folder, or the Hub id it was downloaded from
         self._epochs: dict[int, _EpochReader] = {}
 
     @classmethod
     def open(
         cls, path_or_hub_id: str | os.PathLike, *, cache_dir: str | None = None, revision: str | None = None
     ) -> "TeacherLogitStore":
-        path = _local_or_download(str(path_or_hub_id), revision)
+        """Open a store folder, or a Hub dataset repo (downloaded once into the Hub cache: its metadata, card
+        and shards). `store.source` keeps what was given, which cards name instead of a local path."""
+        source = str(path_or_hub_id)
+        path = _local_or_download(source, revision)
         store = cls(path, read_metadata(path), cache_dir=cache_dir)
+        store.source = source
         store.check_complete()
         return store
 
     def __repr__(self) -> str:
         m = self.metadata
         return (
-            f"TeacherLogitStore({self.path!r}, teacher={m['teacher_name']!r}, top-{m['topk']} of {m['num_labels']} "
-            f"classes, {m['dataset_size']} samples x {len(m['epochs'])} epochs)"
+            f"TeacherLogitStore({self.source!r}, teacher={m['teacher_name']!r}, top-{m['topk']} of {m['num_labels']} "
+            f"classes, {m['dataset_size']} samples x epochs {m['epochs']}, {m['recipe'].get('image_size')} px views, "
+            f"format {m['format_version']})"
         )
 
     # -- facts ---------------------------------------------------------------------------------
@@ -487,28 +494,42 @@ class TeacherLogitStore:
     # -- Hub -----------------------------------------------------------------------------------
 
     def upload_files(self) -> list[str]:
-        """Paths (relative to the store) that `push_to_hub` uploads: metadata, card, complete shards."""
-        files = [METADATA_NAME]
-        if os.path.exists(os.path.join(self.path, CARD_NAME)):
-            files.append(CARD_NAME)
-        for epoch in self.epochs:
-            files += [shard_relpath(epoch, c) for c in range(self.metadata["num_chunks"])]
-        return files
+        """Paths (relative to the store) that `push_to_hub` uploads besides the card: metadata and the shards
+        of every complete epoch (temporary files, caches and stray files stay behind)."""
+        return [METADATA_NAME] + [shard_relpath(e, c) for e in self.epochs for c in range(self.metadata["num_chunks"])]
 
     def push_to_hub(
-        self, repo_id: str, *, private: bool | None = None, token: str | None = None, commit_message: str | None = None
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        license: str = "other",
+        revision: str | None = None,
     ):
-        """Upload the store as a Hub dataset repo (temporary files and caches stay behind)."""
-        from huggingface_hub import HfApi
+        """Upload the store as a Hub dataset repo in one commit: its metadata, its shards and a dataset card
+        written for `repo_id` (with `license`: the logits of a dataset usually carry that dataset's terms).
+        `hf-tinyvit distill --teacher_logits <repo_id>` then trains from it. Returns the commit info."""
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        from .format import dataset_card
 
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        return api.upload_folder(
+        card = dataset_card(self.metadata, license=license, repo_id=repo_id)
+        operations = [
+            CommitOperationAdd(path_in_repo=relpath, path_or_fileobj=os.path.join(self.path, relpath))
+            for relpath in self.upload_files()
+        ]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+        return api.create_commit(
             repo_id=repo_id,
             repo_type="dataset",
-            folder_path=self.path,
-            allow_patterns=self.upload_files(),
-            commit_message=commit_message or f"Upload teacher logits of {self.metadata['teacher_name']}",
+            operations=operations,
+            revision=revision,
+            commit_message=commit_message
+            or f"Upload top-{self.topk} teacher logits of {public_name(self.metadata['teacher_name'])}",
         )
 
 
@@ -533,8 +554,10 @@ def _local_or_download(path: str, revision: str | None) -> str:
         )
     from huggingface_hub import snapshot_download
 
+    # The shards a store lists, its metadata and card: no stray files of the repo.
+    patterns = [METADATA_NAME, CARD_NAME, "data/epoch_*/chunk_*.parquet"]
     try:
-        return snapshot_download(path, repo_type="dataset", revision=revision)
+        return snapshot_download(path, repo_type="dataset", revision=revision, allow_patterns=patterns)
     except Exception as error:  # offline, unknown repo, no access: the client's many types say the same
         raise FileNotFoundError(
             f"no store folder {path!r} here (looked in {os.path.abspath(path)!r}), and the Hub dataset repo "

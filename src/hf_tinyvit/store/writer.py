@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import logging
 import math
 import os
 from typing import Any, Callable, Mapping
@@ -21,6 +20,7 @@ from ..augment import AugmentationRecipe, augmentation_seed, mix_partners, pairi
 from ..augment.recipe import is_int
 from ..augment.views import AugmentedDataset, collate_views
 from ..datasets import dataset_fingerprint
+from ..log import get_logger, progress_bar
 from ..teachers import checked_teacher_logits, state_dict_hash
 from .format import (
     CARD_NAME,
@@ -44,7 +44,7 @@ from .reader import check_shard_records, decode_shard
 
 __all__ = ["save_teacher_logits", "write_json_atomic", "write_shard"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _teacher_identity(teacher, name: str | None, weights_hash: str | None) -> tuple[str, str]:
@@ -398,9 +398,7 @@ def _write_epochs(
             # a killed run can leave a half-written temporary file of a chunk this rank now redoes
             _remove_stale_temps(os.path.join(output_dir, shard_relpath(epoch, chunk)))
     total = sum(min(chunk_size, num_samples - c * chunk_size) for chunks in work.values() for c in chunks)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
+    bar = progress_bar(
         total=total, desc="teacher logits", unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
     for epoch, chunks in work.items():

@@ -54,8 +54,9 @@ class DistillationTrainingArguments(TrainingArguments):
     teacher_logits: str | None = field(
         default=None,
         metadata={
-            "help": "Stored teacher logits (a TeacherLogitStore folder or Hub dataset id). Required for "
-            "distillation_type=stored; for hard/soft it replaces a live teacher."
+            "help": "Stored teacher logits (a TeacherLogitStore folder or Hub dataset id). Needed by "
+            "distillation_type=stored unless the train dataset is a StoredLogitsDataset, which brings its store "
+            "(given both, they must be the same store); for hard/soft it replaces a live teacher."
         },
     )
     mixup_alpha: float | None = field(
@@ -142,9 +143,8 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"distillation_type='none' trains on labels only, but {given}={getattr(self, given)!r} was given; "
                 "pick distillation_type hard, soft or stored, or drop the teacher"
             )
+        # stored with no teacher_logits is checked by DistillationTrainer: a StoredLogitsDataset brings its store.
         if mode == "stored":
-            if self.teacher_logits is None:
-                raise ValueError("distillation_type='stored' needs teacher_logits (a TeacherLogitStore path or Hub id)")
             if self.teacher is not None:
                 raise ValueError(
                     f"distillation_type='stored' runs no teacher, but teacher={self.teacher!r} was given; "

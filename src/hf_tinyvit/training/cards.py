@@ -1,33 +1,54 @@
-"""Model cards for `DistillationTrainer` outputs: Hub metadata plus a section saying how the model was
-distilled (mode, teacher, top-k, epochs of stored logits, augmentation recipe)."""
+"""Model cards for `DistillationTrainer` outputs (final folders, checkpoints, pushes): Hub metadata (datasets,
+base model, tags, a model-index with the last evaluation) plus a section saying how the model was distilled
+(mode, teacher, store, top-k, epochs of stored logits, augmentation recipe). Teachers, stores and datasets are
+named by Hub id or by name, never by a local path."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from ..augment.views import DistillationDataset
+from ..hub import hub_id, public_name
 
-__all__ = ["distillation_summary", "write_trainer_model_card"]
+__all__ = ["dataset_reference", "distillation_summary", "write_trainer_model_card"]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _CARD_METRICS = ("accuracy", "top5_accuracy", "teacher_agreement")
+# Dataset names `load_image_dataset` resolves itself, with what a card calls them.
+_BUILT_IN_DATASETS = {"digits": "digits (scikit-learn's handwritten digits)"}
 
 
-def _looks_like_hub_id(name: str | None) -> bool:
-    # A local path in `base_model` / `datasets` makes the Hub reject the metadata.
-    return bool(name) and not os.path.exists(name) and ":" not in name and bool(_REPO_ID.match(name))
+def dataset_reference(name: str | None) -> tuple[str | None, str | None]:
+    """(Hub id or None, display name) of a dataset as `hf-tinyvit distill --dataset_name` takes it."""
+    if name is None:
+        return None, None
+    if name in _BUILT_IN_DATASETS:
+        return None, _BUILT_IN_DATASETS[name]
+    return hub_id(name), public_name(name)
 
 
-def _store_metadata(trainer: Any) -> dict | None:
-    # Read from the StoredLogitsDataset the trainer already holds; opening args.teacher_logits here could
-    # mean a Hub download during a checkpoint save.
+def _store(trainer: Any):
+    # The StoredLogitsDataset the trainer already holds; opening args.teacher_logits here could mean a Hub
+    # download during a checkpoint save.
     dataset = trainer.train_dataset
-    store = dataset.store if isinstance(dataset, DistillationDataset) else None
-    return dict(store.metadata) if store is not None else None
+    return getattr(dataset, "store", None) if isinstance(dataset, DistillationDataset) else None
+
+
+def store_reference(store) -> str | None:
+    """A store's public name: the Hub id it was opened from, else its folder's name."""
+    if store is None:
+        return None
+    return public_name(getattr(store, "source", None) or store.path)
+
+
+def _markdown_name(name: str | None, kind: str = "model") -> str:
+    repo = hub_id(name)
+    if repo is None or "/" not in repo:  # a bare name may be a Hub id or just a name: no link to guess at
+        return f"`{name}`"
+    prefix = "datasets/" if kind == "dataset" else ""
+    return f"[`{repo}`](https://huggingface.co/{prefix}{repo})"
 
 
 def _recipe_dict(trainer: Any, metadata: dict | None) -> dict | None:
@@ -41,7 +62,8 @@ def distillation_summary(trainer: Any) -> tuple[str, list[str], dict | None]:
     """(markdown describing the distillation, extra tags, stored-logit metadata or None)."""
     args = trainer.args
     mode = args.distillation_type
-    metadata = _store_metadata(trainer)
+    store = _store(trainer)
+    metadata = dict(store.metadata) if store is not None else None
     lines = [f"- distillation type: `{mode}`"]
     tags = [f"distillation-{mode}"] if mode != "none" else []
     if mode != "none":
@@ -50,14 +72,15 @@ def distillation_summary(trainer: Any) -> tuple[str, list[str], dict | None]:
         lines.append(f"- soft loss: alpha = {args.alpha}, tau = {args.tau}")
     if trainer.teacher is not None:
         name = getattr(trainer.teacher, "name", None) or args.teacher or type(trainer.teacher).__name__
-        lines.append(f"- teacher (live, run under inference_mode): `{name}`")
+        lines.append(f"- teacher (live, run under inference_mode): {_markdown_name(public_name(name))}")
         weights_hash = getattr(trainer.teacher, "weights_hash", None)
         if weights_hash:
             lines.append(f"- teacher weights hash: `{weights_hash}`")
-    if args.teacher_logits is not None:
-        lines.append(f"- stored teacher logits: `{args.teacher_logits}`")
+    if store is not None:
+        lines.append(f"- stored teacher logits: {_markdown_name(store_reference(store), 'dataset')}")
         if metadata is not None:
-            lines.append(f"- teacher: `{metadata.get('teacher_name')}` (weights hash `{metadata.get('teacher_hash')}`)")
+            teacher = _markdown_name(public_name(metadata.get("teacher_name")))
+            lines.append(f"- teacher: {teacher} (weights hash `{metadata.get('teacher_hash')}`)")
             lines.append(
                 f"- sparse soft labels: top-{metadata.get('topk')} of {metadata.get('num_labels')} classes, "
                 f"stored for epochs {metadata.get('epochs')}"
@@ -104,18 +127,18 @@ def write_trainer_model_card(
     tags: str | list[str] | None = None,
     finetuned_from: str | None = None,
     license: str | None = None,
+    eval_split: str | None = None,
 ):
     """Write README.md for the trainer's model in `output_dir` through `hf_tinyvit.hub.write_model_card`.
 
-    Dataset, tags and base model given once (e.g. by `push_to_hub(dataset=...)`) are remembered for
-    later saves. Returns the `huggingface_hub.ModelCard`.
+    Dataset, tags, base model and evaluation split given once (e.g. by `push_to_hub(dataset=...)`) are
+    remembered for later saves. Returns the `huggingface_hub.ModelCard`.
     """
     from ..hub import write_model_card
 
     remembered = trainer.__dict__.setdefault("_card_fields", {})
-    for key, value in (("dataset", dataset), ("tags", tags), ("finetuned_from", finetuned_from), ("license", license)):
-        if value is not None:
-            remembered[key] = value
+    given = {"dataset": dataset, "tags": tags, "finetuned_from": finetuned_from, "license": license}
+    remembered.update({key: value for key, value in {**given, "eval_split": eval_split}.items() if value is not None})
     dataset = remembered.get("dataset")
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
     user_tags = remembered.get("tags")
@@ -129,23 +152,30 @@ def write_trainer_model_card(
 
     body, distill_tags, _ = distillation_summary(trainer)
     eval_results = _latest_eval_results(trainer)
-    hub_datasets = [d for d in datasets if _looks_like_hub_id(d)]
+    references = [dataset_reference(d) for d in datasets]
+    hub_datasets = [repo for repo, _ in references if repo]
+    store = _store(trainer)
+    store_id = hub_id(getattr(store, "source", None)) if store is not None else None
+    named = ", ".join(name for _, name in references)
     description = (
         f"A {model_type or type(model).__name__} image classifier trained with hf_tinyvit's `DistillationTrainer`"
-        + (f" on {', '.join(datasets)}." if datasets else ".")
+        + (f" on {named}." if named else ".")
     )
+    eval_dataset = None
+    if references:  # model-index: the dataset's id (its Hub id, else its short name) and its display name
+        repo, name = references[0]
+        eval_dataset = (repo or public_name(datasets[0]), name)
     kwargs = {"license": remembered["license"]} if remembered.get("license") else {}
     return write_model_card(
         output_dir,
         model_id=model_id,
-        base_model=base_model if _looks_like_hub_id(base_model) else None,
-        datasets=hub_datasets,
+        base_model=base_model,
+        datasets=[*hub_datasets, *([store_id] if store_id else [])],
         tags=[t for t in (model_type, *distill_tags, *user_tags) if t],
         description=description,
         eval_results=eval_results or None,
-        eval_dataset=(hub_datasets[0], hub_datasets[0]) if hub_datasets else None,
-        # The trust_remote_code note holds only where save_pretrained copied the modeling code (TinyViT does).
-        custom_code=any(Path(output_dir).glob("modeling_*.py")),
+        eval_dataset=eval_dataset,
+        eval_split=remembered.get("eval_split"),
         extra_sections=[("Training", body)],
         **kwargs,
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from ..datasets import (
     hold_out,
     load_image_dataset,
 )
+from ..log import follow_training_args, get_logger
 from ..models.deit_distilled import (
     DEIT_PRESETS,
     DeiTDistilledConfig,
@@ -48,7 +48,7 @@ from .trainer import DistillationTrainer
 
 __all__ = ["DataArguments", "ModelArguments", "build_model", "distill", "eval_transform", "parse_distill_args"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Online augmentation presets of `--augmentation`.
 AUGMENTATIONS = {
@@ -92,7 +92,9 @@ class DataArguments:
         default=None, metadata={"help": "Training resolution (default: the model's, or the stored logits' recipe)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation images."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep the first N evaluation images (0: no evaluation)."}
+    )
     augmentation: str = field(
         default="tinyvit",
         metadata={
@@ -113,10 +115,17 @@ class DataArguments:
     def __post_init__(self):
         if self.image_size is not None:
             check_image_size(self.image_size)
-        for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name}={value!r} must be an integer >= 1 (or unset for all)")
+        if self.max_train_samples is not None and not (
+            isinstance(self.max_train_samples, int) and self.max_train_samples >= 1
+        ):
+            raise ValueError(
+                f"max_train_samples={self.max_train_samples!r} must be an integer >= 1 (or unset for all): "
+                "nothing would be trained"
+            )
+        if self.max_eval_samples is not None and not (isinstance(self.max_eval_samples, int) and self.max_eval_samples >= 0):
+            raise ValueError(
+                f"max_eval_samples={self.max_eval_samples!r} must be an integer >= 0 (0: no evaluation; unset: all)"
+            )
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation={self.augmentation!r}; choose one of {sorted(AUGMENTATIONS)}")
         if self.validation_split_percentage is not None:
@@ -247,21 +256,13 @@ def _crop(recipe: AugmentationRecipe) -> dict:
     return {"crop_pct": recipe.crop_pct, "crop_mode": recipe.crop_mode}
 
 
-def _report_level(training_args: DistillationTrainingArguments) -> None:
-    """hf_tinyvit's messages follow the Trainer's `--log_level` / `--log_level_replica` for this process."""
-    package_logger = logging.getLogger("hf_tinyvit")
-    package_logger.setLevel(training_args.get_process_log_level())
-    if not package_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        package_logger.addHandler(handler)
-
-
 def distill(
     model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
 ) -> DistillationTrainer:
     """Train, evaluate and save (or push) one student; returns the trainer."""
-    _report_level(training_args)
+    follow_training_args(training_args)
+    if training_args.distillation_type == "stored" and training_args.teacher_logits is None:
+        raise ValueError("distillation_type='stored' needs --teacher_logits (a store folder or Hub dataset id)")
     splits = _split(data_args, replaying=training_args.teacher_logits is not None)
     eval_name = "test" if "test" in splits else "validation" if "validation" in splits else None
     train_split = splits["train"]
@@ -315,9 +316,9 @@ def distill(
     set_seed(training_args.seed)
     model = build_model(model_args, image_size, num_labels, id2label)
     evaluation, processor = eval_transform(model, image_size, recipe.mean, recipe.std)
-    eval_dataset = None
-    if dataset_labels and eval_split is not None:
-        eval_dataset = AugmentedDataset(eval_split, evaluation, seed=training_args.seed)
+    # --max_eval_samples 0 means no evaluation, as an explicit 0 says
+    evaluate = dataset_labels is not None and eval_split is not None and len(eval_split) > 0
+    eval_dataset = AugmentedDataset(eval_split, evaluation, seed=training_args.seed) if evaluate else None
 
     trainer = DistillationTrainer(
         model=model,
@@ -335,11 +336,14 @@ def distill(
         checksum,
     )  # fmt: skip
     metrics = trainer.evaluate() if eval_dataset is not None else {}
-    trainer.log_metrics("eval", metrics)
+    if metrics:
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     # The card fields given here are remembered by the trainer for every later save and push.
-    trainer.create_model_card(dataset=data_args.dataset_name)
+    card = {"dataset": data_args.dataset_name, "eval_split": eval_name if eval_dataset is not None else None}
+    trainer.create_model_card(**card)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=data_args.dataset_name)  # saves the model first, then uploads the folder
+        trainer.push_to_hub(**card)  # saves the model first, then uploads the folder
     else:
         trainer.save_model()
     return trainer

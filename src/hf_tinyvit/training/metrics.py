@@ -4,16 +4,17 @@ the student's agreement with the teacher's top-1 class on distillation runs."""
 from __future__ import annotations
 
 import functools
-import logging
 
 import datasets
 import evaluate
 import numpy as np
 from transformers import EvalPrediction
 
+from ..log import get_logger
+
 __all__ = ["accuracy_metric", "classification_metrics", "compute_classification_metrics"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 IGNORE_INDEX = -100
 

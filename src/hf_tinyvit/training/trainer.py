@@ -8,7 +8,6 @@ It extends `Trainer` through its public hooks (`compute_loss`, `prediction_step`
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ import torch.nn as nn
 from transformers import Trainer
 
 from ..augment.views import DistillationDataset
+from ..log import get_logger
 from ..losses import (
     DistillationMode,
     TeacherTarget,
@@ -32,7 +32,7 @@ from .metrics import IGNORE_INDEX, compute_classification_metrics
 
 __all__ = ["PINNED_PRIVATE_HOOKS", "DistillationTrainer", "layer_decay_parameter_groups"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Private Trainer methods this trainer overrides; tests/test_trainer_core.py fails with a clear message
 # when the installed transformers no longer has one, instead of training with the default silently.
@@ -182,11 +182,18 @@ class DistillationTrainer(Trainer):
                 f"a live teacher is only used by distillation_type 'hard' or 'soft', got {mode.value!r} "
                 "(stored runs replay the teacher's saved outputs instead)"
             )
-        if mode in (DistillationMode.HARD, DistillationMode.SOFT) and teacher_model is None and args.teacher_logits is None:
+        store = _stored_targets_source(args, train_dataset)
+        if mode in (DistillationMode.HARD, DistillationMode.SOFT) and teacher_model is None and store is None:
             raise ValueError(
                 f"distillation_type={mode.value!r} needs a teacher: teacher_model / --teacher (a live model) or "
-                "--teacher_logits (a stored-logit store)"
+                "stored logits (train_dataset=StoredLogitsDataset(dataset, store), or --teacher_logits)"
             )
+        if mode is DistillationMode.STORED and store is None:
+            raise ValueError(
+                "distillation_type='stored' needs stored logits: pass train_dataset=StoredLogitsDataset(dataset, "
+                "TeacherLogitStore.open(path)) (or --teacher_logits with `hf-tinyvit distill`)"
+            )
+        _check_train_dataset(mode, train_dataset, live_teacher=teacher_model is not None, collator=data_collator)
         if data_collator is None and isinstance(train_dataset, DistillationDataset):
             # Mixed (distribution) and unmixed (index) labels batch together only through the dataset's collate.
             data_collator = train_dataset.collate_fn
@@ -475,6 +482,72 @@ class DistillationTrainer(Trainer):
             tags=tags,
             finetuned_from=finetuned_from,
             license=license,
+            eval_split=kwargs.get("eval_split"),
+        )
+
+
+def _stored_targets_source(args: DistillationTrainingArguments, train_dataset: Any):
+    """The store the run reads its teacher from: the train dataset's (a StoredLogitsDataset brings its own),
+    else `args.teacher_logits`. Both given must be the same store: a second, different one is refused."""
+    store = getattr(train_dataset, "store", None) if isinstance(train_dataset, DistillationDataset) else None
+    if store is None or args.teacher_logits is None:
+        return store if store is not None else args.teacher_logits
+    given = str(args.teacher_logits)
+    if given in (getattr(store, "source", None), store.path) or (
+        os.path.isdir(given) and os.path.realpath(given) == os.path.realpath(store.path)
+    ):
+        return store
+    if os.path.isdir(given):
+        from ..store.format import identity_mismatches, read_metadata
+
+        mismatches = identity_mismatches(store.metadata, read_metadata(given))
+        if not mismatches:  # a copy of the same store
+            return store
+        detail = "; ".join(mismatches)
+    else:
+        detail = "the dataset's store was not opened from that Hub id"
+    raise ValueError(
+        f"two different stores: teacher_logits={given!r} but train_dataset replays {store!r} ({detail}); the "
+        "trainer reads the train dataset's store, so leave teacher_logits unset or point it at that same store"
+    )
+
+
+def _check_train_dataset(mode: DistillationMode, train_dataset: Any, *, live_teacher: bool, collator) -> None:
+    """Refuse, before any work, a train dataset that cannot give the model `pixel_values` or the mode its
+    targets, saying which type to pass and how to build it."""
+    reads_store = mode.needs_teacher and not live_teacher
+    if train_dataset is None or isinstance(train_dataset, DistillationDataset):
+        if isinstance(train_dataset, DistillationDataset) and getattr(train_dataset, "store", None) is None:
+            if reads_store:
+                raise TypeError(
+                    f"distillation_type={mode.value!r} without a live teacher reads stored targets, but train_dataset "
+                    f"is a {type(train_dataset).__name__} with no store: pass StoredLogitsDataset(dataset, "
+                    "TeacherLogitStore.open(path)) built from the same image dataset"
+                )
+        return
+    import datasets
+
+    if not isinstance(train_dataset, datasets.Dataset) or collator is not None or train_dataset.format["type"]:
+        return  # a transform, a collator or a custom dataset may produce what the model needs
+    columns = set(train_dataset.column_names)
+    targets = {"teacher_topk_indices", "teacher_labels"} & columns
+    if "pixel_values" not in columns:
+        raise TypeError(
+            f"train_dataset is a datasets.Dataset with columns {sorted(columns)} and no 'pixel_values': "
+            + (
+                "replay the stored views with StoredLogitsDataset(dataset, TeacherLogitStore.open(path))"
+                if reads_store
+                else "render its images with AugmentedDataset(dataset, "
+                "AugmentationRecipe.tinyvit_pretrain(image_size), seed=0) (or StoredLogitsDataset(dataset, store) to "
+                "replay stored teacher logits)"
+            )
+            + " (from hf_tinyvit), or give it a transform that returns pixel_values"
+        )
+    if reads_store and not targets:
+        raise TypeError(
+            f"distillation_type={mode.value!r} without a live teacher needs stored teacher targets, but train_dataset "
+            f"is a datasets.Dataset with columns {sorted(columns)}: pass StoredLogitsDataset(dataset, "
+            "TeacherLogitStore.open(path)), which replays each view with its stored top-k"
         )
 
 

@@ -1,15 +1,12 @@
 """DeiT with a distillation token that trains; importing this registers it with transformers' Auto classes
-and with the stock DeiT weight-name conversion, so stock checkpoints and ours share one layout."""
+(the modeling file registers the stock DeiT weight-name conversion, so stock checkpoints and ours share one
+layout)."""
 
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
-)
-from transformers.conversion_mapping import (
-    get_checkpoint_conversion_mapping,
-    register_checkpoint_conversion_mapping,
 )
 
 from .configuration_deit_distilled import DEIT_PRESETS, DeiTDistilledConfig
@@ -32,12 +29,6 @@ AutoConfig.register(DeiTDistilledConfig.model_type, DeiTDistilledConfig, exist_o
 AutoModel.register(DeiTDistilledConfig, DeiTDistilledModel, exist_ok=True)
 AutoModelForImageClassification.register(DeiTDistilledConfig, DeiTDistilledForImageClassification, exist_ok=True)
 AutoImageProcessor.register(DeiTDistilledConfig, image_processor_classes=IMAGE_PROCESSOR_CLASSES, exist_ok=True)
-# transformers renames the weights of its DeiT between the files (Hub layout: encoder.layer.N.attention.
-# attention.query ...) and the modules (layers.N.attention.q_proj ...) on load and save, but only for its own
-# classes; registering the same renaming for our model type makes our files and stock files interchangeable.
-register_checkpoint_conversion_mapping(
-    DeiTDistilledConfig.model_type, get_checkpoint_conversion_mapping("DeiTModel"), overwrite=True
-)
 
 __all__ = [
     "DEIT_PRESETS",

@@ -70,6 +70,10 @@ class DeiTDistilledConfig(DeiTConfig):
     distillation_tau: float | int | None = None
     label_smoothing: float | int | None = None
 
+    def __post_init__(self, **kwargs):
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__post_init__(**kwargs)
+
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """Read stock transformers DeiT configs (`facebook/deit-*-distilled-*`) as ours, without the
@@ -101,4 +105,14 @@ class DeiTDistilledConfig(DeiTConfig):
         check_problem_type(self.problem_type)
 
 
-__all__ = ["DEIT_PRESETS", "DeiTDistilledConfig"]
+# Remote code: a saved folder carries this file, the modeling file and the loss router, and answers to these
+# Auto classes without hf_tinyvit (trust_remote_code=True), whichever model was saved (transformers itself
+# writes only the saved class into `auto_map`). The image processors are stock DeiT ones: no entry needed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_deit_distilled.DeiTDistilledConfig",
+    "AutoModel": "modeling_deit_distilled.DeiTDistilledModel",
+    "AutoModelForImageClassification": "modeling_deit_distilled.DeiTDistilledForImageClassification",
+}
+DeiTDistilledConfig.register_for_auto_class()
+
+__all__ = ["AUTO_MAP", "DEIT_PRESETS", "DeiTDistilledConfig"]

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 from transformers import initialization as init
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
 from transformers.models.deit.modeling_deit import (
     DeiTEmbeddings,
     DeiTModel,
@@ -287,14 +291,46 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         stock.load_state_dict(self.state_dict(), strict=True)
         return stock.to(dtype=self.dtype).eval()
 
-    def save_as_transformers_deit(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write a folder that stock transformers loads with `DeiTForImageClassificationWithTeacher` and
-        `AutoModelForImageClassification`, without hf_tinyvit: model type "deit", stock weight names.
+    def save_as_transformers_deit(self, save_directory: str | os.PathLike, image_processor=None, **kwargs) -> None:
+        """Write a folder that stock transformers loads with `DeiTForImageClassificationWithTeacher`,
+        `AutoModelForImageClassification`, `AutoImageProcessor` and `pipeline("image-classification")`,
+        without hf_tinyvit and without remote code: model type "deit", stock weight names, a stock processor.
 
-        Only the model is written; save the image processor next to it for pipelines.
+        The processor is `image_processor` when given, else the one saved beside the weights this model was
+        loaded from (it keeps the normalisation the model was trained with), else DeiT's reference
+        evaluation preprocessing at `config.image_size`.
         """
+        processor = image_processor if image_processor is not None else _saved_or_reference_processor(self.config)
         self.to_transformers_deit().save_pretrained(save_directory, **kwargs)
+        processor.save_pretrained(save_directory)
 
+
+def _saved_or_reference_processor(config: DeiTDistilledConfig):
+    from transformers import AutoImageProcessor
+
+    source = getattr(config, "_name_or_path", "") or ""
+    if source and os.path.isfile(os.path.join(source, "preprocessor_config.json")):
+        return AutoImageProcessor.from_pretrained(source)
+    try:  # inside the hf_tinyvit package: the reference preprocessing
+        from hf_tinyvit.models.deit_distilled.image_processing_deit_distilled import deit_image_processor
+    except ImportError:  # a folder loaded with trust_remote_code carries no processor code
+        raise ValueError(
+            "save_as_transformers_deit needs an image processor: pass image_processor= (e.g. "
+            "AutoImageProcessor.from_pretrained(<the folder this model came from>))"
+        ) from None
+    return deit_image_processor(config.image_size)
+
+
+# Remote code: saved folders carry this file, the configuration file and the loss router (see
+# configuration_deit_distilled.AUTO_MAP). transformers renames DeiT weights between the files (Hub layout:
+# encoder.layer.N.attention.attention.query ...) and the modules (layers.N.attention.q_proj ...) on load and
+# save, but only for its own model types; registering the same renaming for ours, here where the model is
+# defined, makes our files and stock files interchangeable with or without hf_tinyvit installed.
+register_checkpoint_conversion_mapping(
+    DeiTDistilledConfig.model_type, get_checkpoint_conversion_mapping("DeiTModel"), overwrite=True
+)
+DeiTDistilledModel.register_for_auto_class("AutoModel")
+DeiTDistilledForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
     "DeiTDistilledForImageClassification",

@@ -156,6 +156,7 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
         if self.neck_channels:
             self.stage_names.append("neck")
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         check_problem_type(self.problem_type)
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
@@ -196,6 +197,15 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**presets[name], **kwargs})
 
 
+# Remote code: a saved folder carries this file, the modeling file and the loss router, and answers to every
+# Auto class below without hf_tinyvit (trust_remote_code=True), whichever model was saved (transformers itself
+# writes only the saved class into `auto_map`). The image processors are stock ViT ones: no entry needed.
+AUTO_MAP = {
+    "AutoConfig": "configuration_tinyvit.TinyViTConfig",
+    "AutoModel": "modeling_tinyvit.TinyViTModel",
+    "AutoModelForImageClassification": "modeling_tinyvit.TinyViTForImageClassification",
+    "AutoBackbone": "modeling_tinyvit.TinyViTBackbone",
+}
 TinyViTConfig.register_for_auto_class()
 
-__all__ = ["MOBILE_SAM_PRESETS", "SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]
+__all__ = ["AUTO_MAP", "MOBILE_SAM_PRESETS", "SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]

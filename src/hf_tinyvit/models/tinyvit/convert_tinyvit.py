@@ -9,13 +9,13 @@ import torch
 
 from ...hub import (
     check_state_dict,
-    imagenet_id2label,
+    default_id2label,
     load_state_dict,
     write_model_card,
 )
 from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
 from .image_processing_tinyvit import tinyvit_image_processor
-from .modeling_tinyvit import TinyViTForImageClassification
+from .modeling_tinyvit import TinyViTBackbone, TinyViTForImageClassification, TinyViTModel
 
 _PAPER = "TinyViT: Fast Pretraining Distillation for Small Vision Transformers (Wu et al., ECCV 2022)"
 
@@ -154,55 +154,92 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
     return preset, match[3]
 
 
-def num_classes_of(state_dict) -> int:
-    """Classes of the classifier head in any supported layout."""
+def num_classes_of(state_dict) -> int | None:
+    """Classes of the classifier head in any supported layout; None for a head-less checkpoint."""
     for key in ("head.fc.weight", "head.weight", "classifier.weight"):
         if key in state_dict:
             return int(state_dict[key].shape[0])
-    raise ValueError("checkpoint has no classifier head (head.fc.weight, head.weight or classifier.weight)")
-
+    return None
 
 
 # ---- file to folder ------------------------------------------------------------------------------------
 
 
-def convert(checkpoint: str | Path, variant: str, output_dir: str | Path):
-    """Read, map, check and save; raises before writing anything if the checkpoint does not fit `variant`."""
+def build_converted(state_dict, variant: str, *, id2label=None, what: str = "checkpoint"):
+    """The model a mapped checkpoint fills, strictly loaded, in eval mode: `TinyViTForImageClassification` with
+    as many classes as its head, or without a head `TinyViTModel` (final LayerNorm kept) or `TinyViTBackbone`
+    (stages only). `id2label` names the classes (default: ImageNet names for 1,000 or 21,841 classes)."""
     preset, tag = parse_variant(variant)
-    state_dict = load_state_dict(checkpoint)
     num_classes = num_classes_of(state_dict)
-    if tag and "in22k" in tag and "ft" not in tag and num_classes != 21841:
-        raise ValueError(f"variant {variant!r} names an ImageNet-21k head but {checkpoint} has {num_classes} classes")
-    id2label = imagenet_id2label(num_classes) if num_classes in (1000, 21841) else None
-    config = TinyViTConfig.from_preset(
-        preset, num_labels=num_classes, **({"id2label": id2label} if id2label else {})
-    )
+    if num_classes is None:
+        if id2label is not None:
+            raise ValueError(f"{what} has no classifier head (head.fc / head / classifier): no classes to name")
+        config = TinyViTConfig.from_preset(preset)
+    else:
+        if tag and "in22k" in tag and "ft" not in tag and num_classes != 21841:
+            raise ValueError(f"variant {variant!r} names an ImageNet-21k head but {what} has {num_classes} classes")
+        if id2label is not None and len(id2label) != num_classes:
+            raise ValueError(f"{len(id2label)} label names given but {what} has a head of {num_classes} classes")
+        labels = dict(id2label) if id2label is not None else default_id2label(num_classes)
+        names = {"id2label": labels, "label2id": {v: k for k, v in labels.items()}} if labels else {}
+        config = TinyViTConfig.from_preset(preset, num_labels=num_classes, **names)
     converted, layout = to_hf_state_dict(state_dict, config)
-    model = TinyViTForImageClassification(config).eval()
-    check_state_dict(model.state_dict(), converted, f"{layout}-layout checkpoint {checkpoint} for {variant}")
+    if num_classes is None:
+        has_norm = any(k.startswith("tinyvit.layernorm.") for k in converted)
+        model_class = TinyViTModel if has_norm else TinyViTBackbone
+        converted = {k.removeprefix("tinyvit."): v for k, v in converted.items()}
+    else:
+        model_class = TinyViTForImageClassification
+    model = model_class(config).eval()
+    check_state_dict(model.state_dict(), converted, f"{layout}-layout {what} for {variant} ({model_class.__name__})")
     model.load_state_dict(converted, strict=True)
+    return model, layout
+
+
+def convert(
+    checkpoint: str | Path,
+    variant: str,
+    output_dir: str | Path,
+    *,
+    id2label=None,
+    model_id: str | None = None,
+    base_model: str | None = None,
+):
+    """Read, map, check and save; raises before writing anything if the checkpoint does not fit `variant`.
+
+    Returns (model, image processor); see `build_converted` for which model a checkpoint gives.
+    """
+    preset, tag = parse_variant(variant)
+    model, layout = build_converted(load_state_dict(checkpoint), variant, id2label=id2label, what=str(checkpoint))
+    config = model.config
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     processor = tinyvit_image_processor(config.image_size)
     processor.save_pretrained(output_dir)
-    dataset = "imagenet-21k" if num_classes == 21841 else "imagenet-1k"
+    head = {TinyViTModel: "model", TinyViTBackbone: "backbone"}.get(type(model), "classification")
+    num_classes = config.num_labels if head == "classification" else None
+    imagenet = {1000: "imagenet-1k", 21841: "imagenet-21k"}.get(num_classes) if id2label is None else None
+    what = f"{num_classes} classes" if num_classes else f"no head, as a {type(model).__name__}"
     write_model_card(
         output_dir,
-        model_id=output_dir.name,
-        datasets=[dataset] if id2label else [],
+        model_id=model_id or output_dir.name,
+        base_model=base_model or (f"timm/{variant}" if tag else None),
+        datasets=[imagenet] if imagenet else [],
+        eval_dataset=None,
         tags=["tinyvit", f"timm:{variant}"],
         description=(
-            f"TinyViT `{preset}` ({num_classes} classes) converted from a {layout}-layout checkpoint of timm's "
-            f"`{variant}`. Paper: {_PAPER}. Evaluation preprocessing: bicubic resize, centre crop "
-            f"{config.image_size}, ImageNet mean/std."
+            f"TinyViT `{preset}` ({what}) converted from a {layout}-layout checkpoint of timm's `{variant}`. "
+            f"Paper: {_PAPER}. Evaluation preprocessing: bicubic resize, centre crop {config.image_size}, "
+            "ImageNet mean/std."
         ),
-        custom_code=True,
+        head=head,
     )
     return model, processor
 
 
 __all__ = [
+    "build_converted",
     "convert",
     "cream_to_timm_key",
     "cream_to_timm_state_dict",
