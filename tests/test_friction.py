@@ -63,7 +63,7 @@ def test_explicit_zeros_disable_mixing_and_evaluation(tmp_path):
     recipe = trainer.train_dataset.recipe
     assert (recipe.mixup_alpha, recipe.cutmix_alpha, recipe.mixes) == (0.0, 0.0, False)
     assert trainer.eval_dataset is None and not any("eval_loss" in e for e in trainer.state.log_history)
-    with pytest.raises(ValueError, match="max_train_samples=0 must be >= 1"):
+    with pytest.raises(ValueError, match="max_train_samples=0 must be an integer >= 1"):
         cli(["distill", "--model_preset", "tinyvit-5m-224", "--max_train_samples", "0", "--output_dir",
              str(tmp_path / "none"), "--report_to", "none", "--use_cpu"])  # fmt: skip
 

@@ -492,7 +492,11 @@ def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: s
     from ..augment.recipe import AugmentationRecipe
 
     mixes = AugmentationRecipe.from_dict(metadata["recipe"]).mixes  # Mixup/CutMix stores record each partner
-    features = store_features(int(metadata["topk"]), int(metadata["num_labels"]), with_partner=mixes)
+    # format 2 stores carry a per-record image digest (the `image_digest` metadata field names its kind)
+    with_digest = bool(metadata.get("image_digest"))
+    features = store_features(
+        int(metadata["topk"]), int(metadata["num_labels"]), with_partner=mixes, with_digest=with_digest
+    )
     features["teacher_topk_indices"] = datasets.List(datasets.ClassLabel(names=names), length=int(metadata["topk"]))
     teacher = public_name(metadata["teacher_name"])
     data = DatasetCardData(

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import socket
 import sys
 import time
 from typing import Any
 
+from ..log import get_logger
 from .format import LOCK_NAME
 
 __all__ = ["StoreLockedError", "WriterLock", "temp_owner_alive", "temp_suffix"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 try:  # POSIX; elsewhere saving runs unguarded, with a warning
     import fcntl

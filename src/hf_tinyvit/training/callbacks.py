@@ -5,12 +5,13 @@ what it was trained from, and resuming from it in another world is refused."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Mapping
 
 import torch
 from transformers import TrainerCallback
+
+from ..log import get_logger
 
 __all__ = [
     "RUN_RECORD_NAME",
@@ -22,7 +23,7 @@ __all__ = [
     "run_record",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Written into every checkpoint folder: what the run trains on (see `run_record`).
 RUN_RECORD_NAME = "distillation_run.json"
