@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from transformers import Trainer
 
-from ..augment.views import DistillationDataset
+from ..augment.views import DistillationDataset, IterableAugmentedDataset
 from ..losses import (
     DistillationMode,
     TeacherTarget,
@@ -283,6 +283,65 @@ class DistillationTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return train_dataset.train_sampler(seed=seed)
+
+    # -- streamed datasets: a stateful DataLoader per rank, its position saved in every checkpoint ---------
+
+    def get_train_dataloader(self):
+        dataset = self.train_dataset
+        if not isinstance(dataset, IterableAugmentedDataset):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import DataLoaderShard
+
+        from .callbacks import StreamStateCallback
+
+        # The dataset splits itself among ranks and workers (split_dataset_by_node, equal items per node):
+        # accelerate's own sharding of an iterable (every rank reading the whole stream, or rank 0
+        # dispatching it) must stay out, so the loader is built here rather than by accelerator.prepare.
+        dataset.configure_loader(self.args.train_batch_size, self.args.dataloader_num_workers)
+        if not any(isinstance(c, StreamStateCallback) for c in self.callback_handler.callbacks):
+            self.add_callback(StreamStateCallback())
+        workers = self.args.dataloader_num_workers
+        return DataLoaderShard(
+            dataset,
+            device=self.args.device,
+            use_stateful_dataloader=True,
+            batch_size=self.args.train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers if workers else False,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+        )
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # remembered for get_resumed_dataloader, which Trainer hands only the number of batches to skip
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resumed = resume_from_checkpoint
+        if isinstance(resumed, bool):
+            resumed = get_last_checkpoint(self.args.output_dir) if resumed else None
+        self._resumed_checkpoint = resumed
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        """A streamed run resumes mid-epoch from the DataLoader state its checkpoint holds; others skip batches."""
+        if not isinstance(self.train_dataset, IterableAugmentedDataset):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        import json
+
+        from .callbacks import STREAM_STATE_NAME
+
+        path = os.path.join(
+            getattr(self, "_resumed_checkpoint", None) or "", STREAM_STATE_NAME.format(rank=self.args.process_index)
+        )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resuming a streamed run mid-epoch needs {path}, the DataLoader position saved with the checkpoint "
+                f"({num_batches} batches into the epoch); it is missing"
+            )
+        with open(path) as handle:
+            dataloader.load_state_dict(json.load(handle))
+        return dataloader
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
