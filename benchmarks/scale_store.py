@@ -69,11 +69,10 @@ def store_metadata(records: int, k: int, num_labels: int, chunk_size: int) -> di
 
 def write_store(path: str, records: int, k: int, num_labels: int, chunk_size: int = CHUNK_SIZE) -> dict:
     """Write one epoch; returns seconds spent making teacher outputs and seconds spent storing them."""
-    from teacher_logits import teacher_like_logits
-
     from hf_tinyvit import augmentation_seed, topk_probabilities
     from hf_tinyvit.store.format import shard_relpath, shard_table, store_features
     from hf_tinyvit.store.writer import write_json_atomic, write_shard
+    from teacher_logits import teacher_like_logits
 
     generator = torch.Generator().manual_seed(k)
     features = store_features(k, num_labels, with_partner=False)

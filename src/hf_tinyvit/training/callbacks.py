@@ -1,11 +1,11 @@
 """Trainer callbacks of `DistillationTrainer`: the replayed views (and stored targets) follow the
-training epoch, and a streamed run's DataLoader position goes into every checkpoint."""
+training epoch; a streamed run's DataLoader position, written into every checkpoint."""
 
 from __future__ import annotations
 
 from transformers import TrainerCallback
 
-__all__ = ["STREAM_STATE_NAME", "ReplayEpochCallback", "StreamStateCallback", "current_epoch"]
+__all__ = ["STREAM_STATE_NAME", "ReplayEpochCallback", "current_epoch", "write_stream_state"]
 
 
 def current_epoch(state) -> int:
@@ -28,24 +28,19 @@ class ReplayEpochCallback(TrainerCallback):
         self.dataset.set_epoch(current_epoch(state))
 
 
+
 # Per-rank file in a checkpoint folder holding the position of a streamed training DataLoader.
 STREAM_STATE_NAME = "stream_state_rank{rank}.json"
 
 
-class StreamStateCallback(TrainerCallback):
-    """Saves the stateful training DataLoader's position (torchdata `StatefulDataLoader.state_dict`, each
-    worker's dataset state included) into every checkpoint, one JSON file per rank, so that a resumed
-    streamed run continues where the checkpoint was taken instead of re-reading the epoch up to there."""
+def write_stream_state(dataloader, folder: str, rank: int) -> None:
+    """Save a stateful training DataLoader's position (torchdata `StatefulDataLoader.state_dict`, each worker's
+    dataset state included) into a checkpoint folder as JSON, one file per rank, atomically."""
+    import json
+    import os
 
-    def on_save(self, args, state, control, train_dataloader=None, **kwargs):
-        import json
-        import os
-
-        if train_dataloader is None or not hasattr(train_dataloader, "state_dict"):
-            return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, STREAM_STATE_NAME.format(rank=args.process_index))
-        with open(f"{path}.tmp", "w") as handle:
-            json.dump(train_dataloader.state_dict(), handle)
-        os.replace(f"{path}.tmp", path)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STREAM_STATE_NAME.format(rank=rank))
+    with open(f"{path}.tmp", "w") as handle:
+        json.dump(dataloader.state_dict(), handle)
+    os.replace(f"{path}.tmp", path)

@@ -292,14 +292,10 @@ class DistillationTrainer(Trainer):
             return super().get_train_dataloader()
         from accelerate.data_loader import DataLoaderShard
 
-        from .callbacks import StreamStateCallback
-
         # The dataset splits itself among ranks and workers (split_dataset_by_node, equal items per node):
         # accelerate's own sharding of an iterable (every rank reading the whole stream, or rank 0
         # dispatching it) must stay out, so the loader is built here rather than by accelerator.prepare.
         dataset.configure_loader(self.args.train_batch_size, self.args.dataloader_num_workers)
-        if not any(isinstance(c, StreamStateCallback) for c in self.callback_handler.callbacks):
-            self.add_callback(StreamStateCallback())
         workers = self.args.dataloader_num_workers
         return DataLoaderShard(
             dataset,
@@ -471,6 +467,16 @@ class DistillationTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`, then the folder is made Hub-ready: the pickled `training_args.bin` is
         replaced by `training_args.json` and a model card says how the model was distilled."""
+        loader = getattr(self.callback_handler, "train_dataloader", None)
+        if _internal_call and output_dir is not None and isinstance(self.train_dataset, IterableAugmentedDataset):
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            from .callbacks import write_stream_state
+
+            if os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR) and loader is not None:
+                # a checkpoint: every rank keeps its stream position there, before Trainer writes
+                # trainer_state.json (the file that marks a checkpoint complete)
+                write_stream_state(loader, output_dir, self.args.process_index)
         super().save_model(output_dir, _internal_call=True)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
