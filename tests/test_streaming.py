@@ -312,3 +312,16 @@ def test_streaming_flag_refuses_what_a_stream_cannot_do(digits, tmp_path):
     root, _ = digits
     with pytest.raises(ValueError, match="--max_train_samples cannot cut a stream"):
         cli(["distill", *streamed_args(root, tmp_path / "out", "--max_train_samples", "32")])
+
+
+def test_an_unequal_split_reads_every_row_once_for_evaluation(digits):
+    root, data = digits
+    views = IterableAugmentedDataset(
+        data["test"].to_iterable_dataset(num_shards=3), AugmentationRecipe.eval(16), seed=0, shuffle_buffer=1,
+        rank=0, world_size=1, equal_split=False,
+    )  # fmt: skip
+    assert len(views) == NUM_TEST
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(views, batch_size=8, num_workers=workers, collate_fn=collate_views)
+        ids = sorted(i for batch in loader for i in batch["sample_id"].tolist())
+        assert ids == list(range(NUM_TEST))

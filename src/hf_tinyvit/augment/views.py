@@ -455,6 +455,7 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         shuffle_buffer: int = 1024,
         rank: int | None = None,
         world_size: int | None = None,
+        equal_split: bool = True,
     ):
         if recipe.mixes:
             raise ValueError(
@@ -489,7 +490,8 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         self.num_labels = num_labels
         self.shuffle_buffer = int(shuffle_buffer)
         self.rank, self.world_size = rank, world_size
-        self.batch_size, self.num_workers = 1, 0
+        self.equal_split = bool(equal_split)
+        self.batch_size, self.num_workers = 1, None
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._epoch.fill_(int(epoch))
         self._fingerprint: str | None = None
@@ -539,13 +541,15 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         rank, world = self._rank_world()
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if workers != max(1, self.num_workers):
+        if self.num_workers is not None and workers != max(1, self.num_workers):
             raise RuntimeError(
                 f"the DataLoader runs {workers} worker(s) but configure_loader was told num_workers={self.num_workers}"
             )
         return rank * workers + worker, world * workers
 
-    def items_per_node(self, nodes: int) -> int:
+    def items_per_node(self, nodes: int) -> int | None:
+        if not self.equal_split:
+            return None  # every node reads its rows once (one reader, e.g. an evaluation that rank 0 dispatches)
         per_node = (self.num_samples // nodes) // self.batch_size * self.batch_size
         if per_node == 0:
             raise ValueError(
@@ -557,7 +561,9 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
     def __len__(self) -> int:
         """Items this process yields per epoch (all its workers together)."""
         rank, world = self._rank_world()
-        workers = max(1, self.num_workers)
+        if not self.equal_split:
+            return self.num_samples if world == 1 else sum(self.shard_sizes[rank::world])
+        workers = max(1, self.num_workers or 0)
         return workers * self.items_per_node(world * workers)
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -612,14 +618,15 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         position = resume or {"stream": None, "window": 0, "taken": 0, "passes": 0, "yielded": 0}
         render_epoch = self.view_epoch(epoch)
         passes, window_index, taken, yielded = (position[k] for k in ("passes", "window", "taken", "yielded"))
-        while yielded < quota:
+        limit = quota if quota is not None else float("inf")
+        while yielded < limit:
             stream = self._epoch_stream(epoch, node, nodes)
             window_state = position["stream"] if position["stream"] is not None else stream.state_dict()
             stream.load_state_dict(window_state)
             position["stream"] = None
             rows = _examples(stream, batch_size=1)
             read_any = False
-            while yielded < quota:
+            while yielded < limit:
                 window = list(islice(rows, self.shuffle_buffer))
                 if not window:
                     break
@@ -630,7 +637,7 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
                 order = torch.randperm(len(window), generator=generator).tolist()
                 extras = self._extras(render_epoch, np.array([int(window[j]["sample_id"]) for j in order]))
                 for position_in_window in range(taken, len(order)):
-                    if yielded >= quota:
+                    if yielded >= limit:
                         break
                     item = self._render(window[order[position_in_window]], render_epoch)
                     if extras is not None:
@@ -643,6 +650,8 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
                     yield item
                 window_state = stream.state_dict()
                 window_index, taken = window_index + 1, 0
+            if quota is None:
+                return  # one pass over this node's rows
             if not read_any:
                 raise ValueError(f"node {node} of {nodes} got no rows in epoch {epoch}: there are too few shards")
             passes += 1  # this node's shards hold fewer rows than its share: read them again

@@ -326,7 +326,7 @@ def _distill_streamed(
             return AugmentedDataset(eval_stream, evaluation, seed=training_args.seed)
         # rank 0 reads the whole evaluation stream and accelerate dispatches its batches
         return IterableAugmentedDataset(
-            eval_stream, evaluation, seed=training_args.seed, shuffle_buffer=1, rank=0, world_size=1
+            eval_stream, evaluation, seed=training_args.seed, shuffle_buffer=1, rank=0, world_size=1, equal_split=False
         )
 
     return _train(
