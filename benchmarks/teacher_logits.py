@@ -46,9 +46,10 @@ def teacher_like_logits(generator: torch.Generator, batch: int, num_labels: int)
     return logits
 
 
-def bytes_per_record(k: int, num_labels: int, num_records: int, chunk_size: int) -> float:
+def bytes_per_record(k: int, num_labels: int, num_records: int, chunk_size: int, with_digest: bool = True) -> float:
+    """Shard bytes per record; `with_digest`: store format 2's per-record image digest column (format 1 has none)."""
     generator = torch.Generator().manual_seed(k)
-    features = store_features(k, num_labels, with_partner=False)
+    features = store_features(k, num_labels, with_partner=False, with_digest=with_digest)
     folder = tempfile.mkdtemp()
     try:
         for chunk in range(0, num_records, chunk_size):
@@ -58,7 +59,10 @@ def bytes_per_record(k: int, num_labels: int, num_records: int, chunk_size: int)
             parts = [topk_probabilities(teacher_like_logits(generator, len(s), num_labels), k) for s in slices]
             values, indices = torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
             seeds = np.array([augmentation_seed(0, 3, i) for i in ids], dtype=np.uint32)
-            table = shard_table(features, ids, 3, seeds, values.numpy(), indices.numpy())
+            # image digests are CRC-32s of distinct images: random 32-bit words, incompressible
+            digests = torch.randint(0, 2**32, (len(ids),), generator=generator, dtype=torch.int64).numpy()
+            digests = digests if with_digest else None
+            table = shard_table(features, ids, 3, seeds, values.numpy(), indices.numpy(), digests=digests)
             write_shard(os.path.join(folder, shard_relpath(3, chunk // chunk_size)), table)
         total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     finally:

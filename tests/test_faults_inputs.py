@@ -237,8 +237,15 @@ def test_store_missing_an_epoch_replays_a_saved_one_with_a_warning(store, tmp_pa
     broken.mkdir()
     (broken / "data").symlink_to(path / "data")
     (broken / "metadata.json").write_text(json.dumps({**metadata, "epochs": [0, 1, 2]}))
-    with pytest.raises(FileNotFoundError, match=r"lists epoch 1 but 3 shard\(s\) are missing"):
+    with pytest.raises(ValueError, match=r"metadata.json does not match its own checksum .* edited"):
         TeacherLogitStore.open(str(broken))
+    # an incomplete copy: the metadata is intact, epoch 2's shards did not come along
+    incomplete = tmp_path / "incomplete-copy"
+    (incomplete / "data").mkdir(parents=True)
+    (incomplete / "data" / "epoch_0000").symlink_to(path / "data" / "epoch_0000")
+    (incomplete / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(FileNotFoundError, match=r"lists epoch 2 but 3 shard\(s\) are missing"):
+        TeacherLogitStore.open(str(incomplete))
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,20 @@ def test_missing_records_and_shards_are_named(saved, digits, tmp_path):
     shard = os.path.join(copy, "data/epoch_0001/chunk_000001.parquet")
     table = pq.read_table(shard)
     pq.write_table(table.filter(np.array(table.column("sample_id").to_pylist()) != 20), shard)
+    # the shard's size no longer matches its line in the metadata: refused at open, file and epoch named
+    with pytest.raises(ValueError, match=r"epoch 1: data/epoch_0001/chunk_000001\.parquet: it holds \d+ bytes; the "
+                                         r"metadata says \d+: the shard is damaged"):  # fmt: skip
+        TeacherLogitStore.open(copy, cache_dir=str(tmp_path / "cache"))
+    # a format 1 store records no sizes: the missing record is named when it is read
+    metadata = json.loads(open(os.path.join(copy, "metadata.json")).read())
+    for field in ("shards", "image_digest", "metadata_sha256"):
+        metadata.pop(field)
+    with open(os.path.join(copy, "metadata.json"), "w") as handle:
+        json.dump({**metadata, "format_version": 1}, handle)
+    for epoch in (0, 1):
+        for chunk in range(3):
+            name = os.path.join(copy, f"data/epoch_{epoch:04d}/chunk_{chunk:06d}.parquet")
+            pq.write_table(pq.read_table(name).drop_columns(["image_digest"]), name)
     store = TeacherLogitStore.open(copy, cache_dir=str(tmp_path / "cache"))
     replay = StoredLogitsDataset(digits, store, epoch=1)
     replay[19]

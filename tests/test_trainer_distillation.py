@@ -163,7 +163,8 @@ def test_none_mode_fine_tunes_tinyvit_on_labels(digits, tmp_path):
     train, test = digits
     trainer = DistillationTrainer(
         model=tinyvit(),
-        args=arguments(tmp_path, weight_decay=0.05),
+        # 4 epochs: MBConv blocks start as the identity (zero-initialised last BatchNorm, as in the paper)
+        args=arguments(tmp_path, weight_decay=0.05, num_train_epochs=4),
         train_dataset=AugmentedDataset(train, TRAIN_RECIPE, seed=0),
         eval_dataset=AugmentedDataset(test, EVAL_RECIPE, seed=0),
     )
@@ -177,7 +178,7 @@ def test_hard_mode_trains_a_single_head_student_from_a_live_teacher_on_mixed_vie
     mixing = dataclasses.replace(TRAIN_RECIPE, mixup_alpha=0.8, cutmix_alpha=1.0)
     trainer = DistillationTrainer(
         model=tinyvit(),
-        args=arguments(tmp_path, distillation_type="hard"),
+        args=arguments(tmp_path, distillation_type="hard", num_train_epochs=4),
         train_dataset=AugmentedDataset(train, mixing, seed=0, num_labels=10),
         eval_dataset=AugmentedDataset(test, EVAL_RECIPE, seed=0),
         teacher_model=teacher,

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-__all__ = ["main", "save_logits_parser"]
+__all__ = ["main", "save_logits_parser", "verify_parser"]
 
 RECIPES = ("tinyvit_pretrain", "deit", "digits")
 
@@ -19,15 +19,18 @@ def save_logits_parser(prog: str = "hf-tinyvit save-logits") -> argparse.Argumen
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run a teacher once over replayable augmented views and store its sparse top-k probabilities. "
-        "Rerunning the same command resumes: complete shards are skipped. Any number of processes gives the same "
-        "store, and --start_epoch/--end_epoch let several machines split the epochs.",
+        "Rerunning the same command resumes: complete shards are skipped. Any number of processes (one "
+        "`accelerate launch`, on one machine or several) gives the same store; one saving run writes a store at a "
+        "time (writer.lock), and --start_epoch/--end_epoch add epochs to it run after run.",
     )
     parser.add_argument("--teacher", required=True, help="transformers model folder or Hub id, or timm:<model_name>")
     parser.add_argument("--teacher_weights", default=None, help="safetensors or .pth state dict for a timm: teacher")
     parser.add_argument(
         "--dataset_name", default="digits", help="digits, imagefolder:<dir>, a save_to_disk folder or a Hub name"
     )
-    parser.add_argument("--split", default="train", help="which split of the dataset to run the teacher on")
+    parser.add_argument(
+        "--split", default="train", help="which split of the dataset to run the teacher on (all of it: no hold-out)"
+    )
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--recipe", default="tinyvit_pretrain", choices=RECIPES, help="augmentation preset")
     parser.add_argument("--image_size", type=int, default=224, help="the student's input resolution")
@@ -46,6 +49,10 @@ def save_logits_parser(prog: str = "hf-tinyvit save-logits") -> argparse.Argumen
     parser.add_argument("--check_samples", type=int, default=0, help="replay N stored records and re-run the teacher")
     parser.add_argument("--cache_dir", default=None, help="datasets cache for reading the store back in the check")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload the store as a Hub dataset repo")
+    parser.add_argument(
+        "--lock_timeout", type=float, default=0.0,
+        help="seconds to wait for another saving run that holds the store's writer.lock (default 0: fail at once)",
+    )  # fmt: skip
     return parser
 
 
@@ -53,12 +60,17 @@ def save_logits(argv: list[str] | None = None) -> str:
     """`hf-tinyvit save-logits`: returns the store's path."""
     from accelerate import Accelerator
 
-    from .augment.recipe import AugmentationRecipe
-    from .datasets import load_image_dataset
+    from .augment.recipe import AugmentationRecipe, check_image_size
+    from .datasets import load_image_dataset, select_split
     from .store.writer import save_teacher_logits
     from .teachers import load_teacher
 
-    args = save_logits_parser().parse_args(argv)
+    parser = save_logits_parser()
+    args = parser.parse_args(argv)
+    try:  # settings a run checks later are checked here too, so a typo costs no dataset or teacher load
+        check_image_size(args.image_size)
+    except ValueError as error:
+        parser.error(str(error))
     accelerator = Accelerator()
     logging.basicConfig(
         level=logging.INFO if accelerator.is_local_main_process else logging.WARNING, format="%(message)s"
@@ -66,9 +78,11 @@ def save_logits(argv: list[str] | None = None) -> str:
     # every rank reports the shards it wrote, so a launch can show that all of them took part
     logging.getLogger("hf_tinyvit.store.writer").setLevel(logging.INFO)
     recipe = getattr(AugmentationRecipe, args.recipe)(args.image_size)
-    # The split is fixed (split seed 0), as in `distill`: --seed drives the augmentation only, so a store
-    # saved with any --seed matches the dataset a student trains on.
-    dataset = load_image_dataset(args.dataset_name)[args.split]
+    # The teacher pass covers the whole split (no hold-out), so any student can train on all of it;
+    # --seed drives the augmentation only.
+    dataset = select_split(
+        load_image_dataset(args.dataset_name, validation_split_percentage=0), args.split, repr(args.dataset_name)
+    )
     teacher = load_teacher(args.teacher, weights=args.teacher_weights, input_mean=recipe.mean, input_std=recipe.std)
     path = save_teacher_logits(
         teacher,
@@ -88,12 +102,53 @@ def save_logits(argv: list[str] | None = None) -> str:
         image_column=args.image_column,
         accelerator=accelerator,
         cache_dir=args.cache_dir,
+        lock_timeout=args.lock_timeout,
     )
     if args.push_to_hub and accelerator.is_main_process:
         from .store.reader import TeacherLogitStore
 
         TeacherLogitStore.open(path, cache_dir=args.cache_dir).push_to_hub(args.push_to_hub)
     return path
+
+
+def verify_parser(prog: str = "hf-tinyvit verify") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Check a whole teacher-logit store: its metadata (schema, bounds, its own checksum), every "
+        "shard's size and sha256, every record (top-k rows, sample ids, seeds, Mixup partners), and, given the "
+        "dataset, every image against the digest stored with its records. Files the metadata does not list are "
+        "reported. Exits 0 when the store is OK, 1 when something is damaged (each damage named).",
+    )
+    parser.add_argument("store", help="store folder (or Hub dataset id)")
+    parser.add_argument("--dataset_name", default=None, help="also check every image of this dataset (its --split)")
+    parser.add_argument("--split", default="train", help="the dataset's split the store was saved from")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--max_samples", type=int, default=None, help="the store was saved with --max_samples N")
+    return parser
+
+
+def verify(argv: list[str] | None = None):
+    """`hf-tinyvit verify`: prints the report; returns it, or exits with status 1 when the store is damaged."""
+    from .store.verify import verify_store
+
+    parser = verify_parser()
+    args = parser.parse_args(argv)
+    dataset = None
+    if args.dataset_name is not None:
+        from .datasets import load_image_dataset, select_split
+
+        dataset = select_split(
+            load_image_dataset(args.dataset_name, validation_split_percentage=0), args.split, repr(args.dataset_name)
+        )
+        if args.max_samples is not None:
+            if args.max_samples < 1:
+                parser.error(f"--max_samples {args.max_samples} must be >= 1")
+            dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    report = verify_store(args.store, dataset=dataset, image_column=args.image_column)
+    print(report.summary())
+    if not report.ok:
+        raise SystemExit(1)
+    return report
 
 
 def convert_parser(prog: str = "hf-tinyvit convert") -> argparse.ArgumentParser:
@@ -193,6 +248,7 @@ COMMANDS = {
     "save-logits": (save_logits, "run a teacher once and store its sparse top-k probabilities"),
     "distill": (distill, "train a student: stored-logit, hard/soft distillation or fine-tuning"),
     "convert": (convert, "convert an official or timm TinyViT / DeiT checkpoint"),
+    "verify": (verify, "check every byte, record and (given the dataset) image of a teacher-logit store"),
 }
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "TeacherTarget",
     "check_alpha",
     "check_label_smoothing",
+    "check_problem_type",
     "check_tau",
     "cross_entropy",
     "deit_hard_distillation_loss",
@@ -107,6 +108,13 @@ def check_label_smoothing(value: Any, what: str = "label_smoothing") -> float:
     if not (_is_number(value) and 0.0 <= value < 1.0):
         raise ValueError(f"{what}={value!r} must lie in [0, 1)")
     return float(value)
+
+
+def check_problem_type(value: Any, what: str = "problem_type") -> str | None:
+    """transformers' `problem_type`: one of `PROBLEM_TYPES`, or None to let the head decide."""
+    if value is not None and value not in PROBLEM_TYPES:
+        raise ValueError(f"{what}={value!r}; accepted: {list(PROBLEM_TYPES)} or None")
+    return value
 
 
 def reconcile_setting(config_name: str, config_value: Any, args_name: str, args_value: Any) -> Any:
@@ -216,8 +224,11 @@ def label_loss(
     With `problem_type=None`, one output means regression and anything else single-label
     classification. Unlike transformers, float labels of shape `(batch, num_labels)` then count as
     target distributions, not multi-hot vectors: Mixup and teacher targets are the common case
-    here; set `problem_type="multi_label_classification"` for multi-hot labels.
+    here; set `problem_type="multi_label_classification"` for multi-hot labels. Nor is the choice
+    written back to the model's config on the first batch, as transformers' own heads do: the
+    same batch always gets the same loss, whatever the model saw before.
     """
+    check_problem_type(problem_type)
     if problem_type is None:
         problem_type = "regression" if logits.shape[-1] == 1 else "single_label_classification"
     if problem_type == "single_label_classification":
@@ -232,19 +243,21 @@ def label_loss(
         if label_smoothing:
             targets = targets * (1.0 - label_smoothing) + 0.5 * label_smoothing
         return F.binary_cross_entropy_with_logits(logits.float(), targets)
-    if problem_type == "regression":
-        if not labels.is_floating_point() and labels.dtype != torch.long and labels.dtype != torch.int:
-            raise TypeError(f"regression labels must be numbers, got dtype {labels.dtype}")
-        predictions = logits.float()
-        if logits.shape[-1] == 1:
-            predictions = predictions.squeeze(-1)
-        if predictions.shape != labels.shape:
-            raise ValueError(
-                f"regression labels of shape {tuple(labels.shape)} do not fit predictions of shape "
-                f"{tuple(predictions.shape)}"
-            )
-        return F.mse_loss(predictions, labels.float())
-    raise ValueError(f"problem_type={problem_type!r}; accepted: {list(PROBLEM_TYPES)} or None")
+    # regression
+    if not labels.is_floating_point() and labels.dtype != torch.long and labels.dtype != torch.int:
+        raise TypeError(f"regression labels must be numbers, got dtype {labels.dtype}")
+    predictions = logits.float()
+    if logits.shape[-1] == 1:
+        # one output takes labels of shape (batch,) or (batch, 1), as transformers' heads do
+        predictions = predictions.squeeze(-1)
+        if labels.dim() == logits.dim() and labels.shape[-1] == 1:
+            labels = labels.squeeze(-1)
+    if predictions.shape != labels.shape:
+        raise ValueError(
+            f"regression labels of shape {tuple(labels.shape)} do not fit predictions of shape "
+            f"{tuple(predictions.shape)}"
+        )
+    return F.mse_loss(predictions, labels.float())
 
 
 def temper_probabilities(probs: torch.Tensor, tau: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from .augment.views import (
     IterableAugmentedDataset,
     ViewCache,
 )
+from .datasets import describe_sample
 from .store.reader import TeacherLogitStore
 
 __all__ = ["IterableStoredLogitsDataset", "StoredLogitsDataset"]
@@ -35,6 +36,20 @@ def _warn_cycling(store: TeacherLogitStore, epoch: int, replay: int) -> None:
         f"(warned once: every unsaved epoch e replays saved epoch {saved}[e % {len(saved)}])",
         stacklevel=3,
     )
+
+
+def check_image_digests(store: TeacherLogitStore, epoch: int, sample_ids, digests, describe) -> None:
+    """Every replayed record's image must be the one the teacher saw: the 64-image fingerprint checked
+    at construction cannot see one image replaced, swapped or re-encoded; the per-record digest can."""
+    mismatches = store.image_digest_mismatches(epoch, sample_ids, [int(d) for d in digests])
+    if mismatches:
+        sample_id, stored, given = mismatches[0]
+        raise ValueError(
+            f"the image of {describe(sample_id)} is not the one the teacher saw in store {store.path!r} (epoch {epoch}): "
+            f"its digest {given:#010x} differs from the stored {stored:#010x} ({len(mismatches)} of this batch's "
+            f"{len(sample_ids)} images differ): the dataset changed since the store was saved (an image replaced, "
+            "swapped, or re-encoded with loss); replay the exact dataset the teacher saw, or save a new store"
+        )
 
 
 def target_fields(values: torch.Tensor, indices: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -76,6 +91,7 @@ class StoredLogitsDataset(DistillationDataset):
             label_column=label_column,
             num_labels=num_dataset_labels,
             view_cache=view_cache,
+            image_digests=store.has_image_digests,
         )
         store.check_replay(len(dataset), self.augmented.fingerprint, recipe)
         self._requested = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -119,9 +135,18 @@ class StoredLogitsDataset(DistillationDataset):
     def items(self, sample_ids: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         epoch = self.augmented.epoch
         items = self.augmented.items(sample_ids, epoch)
-        for item, fields in zip(items, target_fields(*self.store.targets(epoch, sample_ids))):
+        values, indices = self.store.targets(epoch, sample_ids)
+        if self.store.has_image_digests:
+            self._check_images(epoch, sample_ids, [item.pop("image_digest") for item in items])
+        for item, fields in zip(items, target_fields(values, indices)):
             item.update(fields)
         return items
+
+    def _check_images(self, epoch: int, sample_ids: Sequence[int], digests: list[torch.Tensor]) -> None:
+        views = self.augmented
+        check_image_digests(
+            self.store, epoch, sample_ids, digests, lambda i: describe_sample(views.dataset, views.image_column, i)
+        )
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return self.items(indices)
@@ -172,6 +197,7 @@ class IterableStoredLogitsDataset(IterableAugmentedDataset):
             world_size=world_size,
         )
         self.store = store
+        self.image_digests = store.has_image_digests
         fingerprint = self.fingerprint if check_fingerprint else (lambda: store.metadata["dataset_fingerprint"])
         store.check_replay(self.num_samples, fingerprint, recipe)
         self._warned = False
@@ -194,6 +220,13 @@ class IterableStoredLogitsDataset(IterableAugmentedDataset):
 
     def view_epoch(self, epoch: int) -> int:
         return replayed_epoch(self.store, epoch)
+
+    def _render(self, row: dict, epoch: int) -> dict[str, torch.Tensor]:
+        item = super()._render(row, epoch)
+        if "image_digest" in item:
+            sample_id = int(item["sample_id"])
+            check_image_digests(self.store, epoch, [sample_id], [item.pop("image_digest")], lambda i: f"sample_id={i}")
+        return item
 
     def _extras(self, epoch: int, sample_ids) -> list[dict[str, torch.Tensor]]:
         return target_fields(*self.store.targets(epoch, sample_ids))

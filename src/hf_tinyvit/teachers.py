@@ -37,14 +37,22 @@ def teacher_logits(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a teacher output of type {type(output).__name__}")
 
 
-def checked_teacher_logits(teacher, pixel_values: torch.Tensor, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+def checked_teacher_logits(
+    teacher, pixel_values: torch.Tensor, sample_ids: torch.Tensor, epoch: int, num_labels: int | None = None
+) -> torch.Tensor:
     """Run `teacher` on a batch and return float32 logits `(batch, num_labels)`, refusing a wrong shape
-    or a NaN/inf row with the sample id and epoch that produced it: a wrong target must stop the run
-    where it enters, not train a student (or fill a store) with it."""
+    (another class count than `num_labels`, when given) or a NaN/inf row with the sample id and epoch
+    that produced it: a wrong target must stop the run where it enters, not train a student (or fill a
+    store) with it."""
     logits = teacher_logits(teacher(pixel_values)).float()
-    if logits.dim() != 2 or logits.shape[0] != pixel_values.shape[0]:
+    expected = "num_labels" if num_labels is None else num_labels
+    if (
+        logits.dim() != 2
+        or logits.shape[0] != pixel_values.shape[0]
+        or (num_labels is not None and logits.shape[1] != num_labels)
+    ):
         raise ValueError(
-            f"the teacher returned logits of shape {tuple(logits.shape)}; expected ({pixel_values.shape[0]}, num_labels)"
+            f"the teacher returned logits of shape {tuple(logits.shape)}; expected ({pixel_values.shape[0]}, {expected})"
         )
     finite = torch.isfinite(logits).all(dim=1)
     if not bool(finite.all()):
@@ -84,6 +92,11 @@ class TeacherModel(nn.Module):
         self.weights_hash = weights_hash
         self.num_labels = int(num_labels)
         self.id2label = {int(k): v for k, v in (id2label or {i: str(i) for i in range(self.num_labels)}).items()}
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(
+                f"teacher {name!r}: id2label names classes {sorted(self.id2label)[:5]}... ({len(self.id2label)} "
+                f"entries); num_labels={self.num_labels} needs one name for each class 0..{self.num_labels - 1}"
+            )
         self.teacher_size = None if teacher_size is None else tuple(int(s) for s in teacher_size)
         self.interpolation = interpolation
         self.same_normalisation = tuple(input_mean) == tuple(teacher_mean) and tuple(input_std) == tuple(teacher_std)

@@ -20,7 +20,9 @@ __all__ = [
     "INTERPOLATIONS",
     "LEVEL_DENOM",
     "AugmentationRecipe",
+    "MAX_IMAGE_SIZE",
     "RandAugmentSpec",
+    "check_image_size",
     "eval_resize_size",
     "is_int",
     "is_real",
@@ -41,6 +43,16 @@ LEVEL_DENOM = 10.0
 # Caps on counts a hostile recipe could make endless: erasing boxes per view, RandAugment layers.
 _MAX_ERASE_COUNT = 64
 _MAX_RAND_AUGMENT_LAYERS = 64
+# The largest view side a recipe renders: 8x TinyViT's largest published resolution (512). A view of
+# that size is 200 MB of float32; a recipe from a store's metadata must not ask for unbounded memory.
+MAX_IMAGE_SIZE = 4096
+
+
+def check_image_size(value, name: str = "image_size") -> int:
+    """The one check of a view's side in pixels: an integer in [1, MAX_IMAGE_SIZE]."""
+    if not (is_int(value) and 1 <= value <= MAX_IMAGE_SIZE):
+        raise ValueError(f"{name}={value!r} must be an integer in [1, {MAX_IMAGE_SIZE}] (pixels)")
+    return int(value)
 
 
 def is_int(value) -> bool:
@@ -152,8 +164,7 @@ class AugmentationRecipe:
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if not isinstance(self.color_jitter, (int, float)):
             object.__setattr__(self, "color_jitter", tuple(float(v) for v in self.color_jitter))
-        if int(self.image_size) != self.image_size or self.image_size < 1:
-            raise ValueError(f"image_size={self.image_size} must be a positive integer")
+        check_image_size(self.image_size)
         if self.crop_mode not in _CROP_MODES:
             raise ValueError(f"crop_mode={self.crop_mode!r} must be one of {_CROP_MODES}")
         if self.interpolation not in (*INTERPOLATIONS, "random"):

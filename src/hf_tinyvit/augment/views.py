@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..datasets import dataset_fingerprint, describe_sample, image_to_tensor
+from ..datasets import dataset_fingerprint, describe_sample, image_digest, image_to_tensor
 from .mix import mix_images, mix_labels, mix_partners, pairing_order, sample_mix
 from .recipe import AugmentationRecipe
 from .render import apply_augmentation
@@ -167,7 +167,9 @@ class AugmentedDataset(DistillationDataset):
     workers, persistent ones included. A batch fetched through `__getitems__` (what DataLoader
     uses) decodes each image once even when its Mixup partner is in the same batch; use
     `train_sampler` with an even batch size to keep partners together. A `view_cache` keeps
-    rendered views for runs that see them again (see `ViewCache`).
+    rendered views for runs that see them again (see `ViewCache`). With `image_digests`, items
+    also carry `image_digest` (int64), the digest of the decoded image the view came from, which a
+    teacher-logit store keeps with each record so that a replay notices a changed image.
     """
 
     def __init__(
@@ -181,6 +183,7 @@ class AugmentedDataset(DistillationDataset):
         label_column: str | None = "label",
         num_labels: int | None = None,
         view_cache: ViewCache | None = None,
+        image_digests: bool = False,
     ):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty: there is nothing to augment")
@@ -209,6 +212,9 @@ class AugmentedDataset(DistillationDataset):
         self._partners: tuple[int, np.ndarray] | None = None
         self._fingerprint: str | None = None
         self.view_cache = view_cache
+        self.image_digests = bool(image_digests)
+        # digests of images whose views came from the cache (which skips decoding): one decode per image
+        self._digests: dict[int, int] = {}
         self._labels: np.ndarray | None = None
         if view_cache is not None:
             self._cache_key = (self.fingerprint(), recipe.fingerprint(), self.seed)
@@ -259,22 +265,32 @@ class AugmentedDataset(DistillationDataset):
 
     def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:
         """The unmixed view of one sample (normalised float32) and its label."""
+        view, label, _ = self._render(sample_id, epoch, digest=False)
+        return view, label
+
+    def _render(self, sample_id: int, epoch: int | None, digest: bool) -> tuple[torch.Tensor, int | None, int | None]:
+        """`render`, plus the decoded image's digest when `digest` is asked for."""
         epoch = self.epoch if epoch is None else epoch
         key = None
         if self.view_cache is not None:
             key = (*self._cache_key, int(epoch), int(sample_id))
             view = self.view_cache.get(key)
             if view is not None:
+                found = None
+                if digest:
+                    if sample_id not in self._digests:
+                        self._digests[sample_id] = image_digest(self._read(sample_id)[0])
+                    found = self._digests[sample_id]
                 if self.label_column is None:
-                    return view, None
+                    return view, None, found
                 if self._labels is not None:
-                    return view, self._checked_label(sample_id, self._labels[sample_id])
-                return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column])
+                    return view, self._checked_label(sample_id, self._labels[sample_id]), found
+                return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column]), found
         image, label = self._read(sample_id)
         view = render_view(self.recipe, self.seed, epoch, sample_id, image)
         if key is not None:
             self.view_cache.put(key, view)
-        return view, label
+        return view, label, (image_digest(image) if digest else None)
 
     def items(self, sample_ids: Sequence[int], epoch: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Items of `sample_ids` at `epoch` (default: the current one), each image decoded once."""
@@ -287,17 +303,21 @@ class AugmentedDataset(DistillationDataset):
         needed = list(ids)
         if partners is not None:
             needed += [int(partners[i]) for i in ids if partners[i] >= 0]
-        views = {i: self.render(i, epoch) for i in dict.fromkeys(needed)}  # each image decoded once
+        # each image decoded once
+        views = {i: self._render(i, epoch, self.image_digests) for i in dict.fromkeys(needed)}
         items = []
         for i in ids:
-            pixels, label = views[i]
+            pixels, label, digest = views[i]
             mix = sample_mix(self.recipe, self.seed, epoch, i, int(partners[i])) if partners is not None else None
             if mix is not None:
-                partner_pixels, partner_label = views[mix.partner]
+                partner_pixels, partner_label, _ = views[mix.partner]
                 pixels = mix_images(pixels, partner_pixels, mix)
                 if label is not None:
                     label = mix_labels(label, partner_label, mix, self.num_labels)
-            items.append(view_item(pixels, i, label))
+            item = view_item(pixels, i, label)
+            if digest is not None:
+                item["image_digest"] = torch.tensor(digest, dtype=torch.int64)
+            items.append(item)
         return items
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
@@ -491,6 +511,7 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         self.shuffle_buffer = int(shuffle_buffer)
         self.rank, self.world_size = rank, world_size
         self.equal_split = bool(equal_split)
+        self.image_digests = False  # items carry `image_digest` (a store with digests checks each image)
         self.batch_size, self.num_workers = 1, None
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._epoch.fill_(int(epoch))
@@ -589,7 +610,10 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
         except Exception as error:  # decoding errors come from PIL, datasets or numpy alike
             raise ValueError(f"cannot read the image of sample_id={sample_id}: {error}") from error
         label = None if self.label_column is None else checked_label(sample_id, row[self.label_column], self.num_labels)
-        return view_item(render_view(self.recipe, self.seed, epoch, sample_id, image), sample_id, label)
+        item = view_item(render_view(self.recipe, self.seed, epoch, sample_id, image), sample_id, label)
+        if self.image_digests:
+            item["image_digest"] = torch.tensor(image_digest(image), dtype=torch.int64)
+        return item
 
     def view_epoch(self, epoch: int) -> int:
         """The epoch whose views training epoch `epoch` renders."""

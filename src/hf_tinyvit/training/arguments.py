@@ -4,6 +4,7 @@ before any work starts."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -100,8 +101,25 @@ class DistillationTrainingArguments(TrainingArguments):
         self._check_distillation_fields()
         super().__post_init__()
 
+    def _check_training_length_and_rates(self) -> None:
+        """Parent fields transformers accepts but that train nothing or train on NaN: refused by name."""
+        epochs, steps = self.num_train_epochs, self.max_steps
+        if not (isinstance(steps, int) and steps > 0):
+            if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+                raise ValueError(
+                    f"num_train_epochs={epochs!r} with max_steps={steps!r} trains nothing; pass num_train_epochs > 0 "
+                    "(a finite number) or max_steps > 0"
+                )
+        for name in ("learning_rate", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+        if not (isinstance(self.max_grad_norm, (int, float)) and not math.isnan(self.max_grad_norm)):
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be a number (<= 0 disables clipping)")
+
     def _check_distillation_fields(self) -> None:
         # The same checks as the model configs' (hf_tinyvit.losses), so a value is valid in both or in neither.
+        self._check_training_length_and_rates()
         self.distillation_type = DistillationMode.parse(self.distillation_type).value
         check_alpha(self.alpha)
         check_tau(self.tau)

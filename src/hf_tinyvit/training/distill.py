@@ -20,9 +20,15 @@ from transformers import (
     set_seed,
 )
 
-from ..augment.recipe import AugmentationRecipe
+from ..augment.recipe import AugmentationRecipe, check_image_size
 from ..augment.views import AugmentedDataset
-from ..datasets import load_image_dataset
+from ..datasets import (
+    DEFAULT_VALIDATION_SPLIT_PERCENTAGE,
+    check_validation_split_percentage,
+    has_eval_split,
+    hold_out,
+    load_image_dataset,
+)
 from ..models.deit_distilled import (
     DEIT_PRESETS,
     DeiTDistilledConfig,
@@ -76,6 +82,14 @@ class ModelArguments:
         metadata={"help": "JSON object of config fields to override, e.g. '{\"depths\": [1, 1, 1, 1]}'."},
     )
 
+    def __post_init__(self):
+        if (self.model_preset is None) == (self.model_name_or_path is None):
+            raise ValueError("pass exactly one of --model_preset (train from scratch) and --model_name_or_path")
+        known = sorted(TINYVIT_PRESETS) + sorted(DEIT_PRESETS)
+        if self.model_preset is not None and self.model_preset not in known:
+            raise ValueError(f"model_preset={self.model_preset!r}; choose one of {known}")
+        parse_config_overrides(self.config_overrides)
+
 
 @dataclass
 class DataArguments:
@@ -108,6 +122,27 @@ class DataArguments:
             "choices": sorted(AUGMENTATIONS),
         },
     )
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={
+            "help": "For a dataset with no test or validation split: the percentage of its train split held out "
+            f"for evaluation. Default: {DEFAULT_VALIDATION_SPLIT_PERCENTAGE:g} for online runs; 0 (no hold-out, no "
+            "evaluation) with --teacher_logits, because hf-tinyvit save-logits runs the teacher on the whole train "
+            "split. Refused for a dataset that has its own test or validation split."
+        },
+    )
+
+    def __post_init__(self):
+        if self.image_size is not None:
+            check_image_size(self.image_size)
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}={value!r} must be an integer >= 1 (or unset for all)")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation={self.augmentation!r}; choose one of {sorted(AUGMENTATIONS)}")
+        if self.validation_split_percentage is not None:
+            check_validation_split_percentage(self.validation_split_percentage)
 
 
 def parse_distill_args(argv: list[str] | None = None):
@@ -123,25 +158,98 @@ def parse_distill_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(argv)
 
 
+# Config fields the run sets itself (from the labels and --image_size): an override would contradict them.
+_RUN_SET_FIELDS = ("num_labels", "id2label", "label2id", "image_size")
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """The one check of `--config_overrides`: a JSON object whose fields the run does not set itself."""
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"config_overrides={text!r} is not valid JSON ({error}); expected an object such as "
+                         '\'{"depths": [1, 1, 1, 1]}\'') from None  # fmt: skip
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config_overrides={text!r} holds a {type(overrides).__name__}; expected a JSON object")
+    clash = sorted(set(overrides) & set(_RUN_SET_FIELDS))
+    if clash:
+        raise ValueError(
+            f"config_overrides sets {clash}, which the run sets from the dataset's labels and --image_size; "
+            "pass --image_size instead, and leave the labels to the dataset or store"
+        )
+    return overrides
+
+
+def _configured(make, overrides: dict, known: set[str], what: str):
+    """Build a config from `make()`, refusing override fields the config does not have (transformers would
+    keep a misspelt one as an inert attribute) and naming the overrides when the config rejects a value."""
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"config_overrides fields {unknown} are not fields of {what}; its fields include {sorted(known)[:40]}"
+        )
+    try:
+        return make()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config_overrides={json.dumps(overrides)} do not make a valid {what}: {error}") from None
+
+
 def build_model(model_args: ModelArguments, image_size: int, num_labels: int, id2label: dict[int, str]) -> PreTrainedModel:
     """The student: a preset built from scratch, or a saved model whose head is resized to the labels."""
     if (model_args.model_preset is None) == (model_args.model_name_or_path is None):
         raise ValueError("pass exactly one of --model_preset (train from scratch) and --model_name_or_path")
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if len(id2label) != num_labels or sorted(id2label) != list(range(num_labels)):
+        raise ValueError(f"id2label has {len(id2label)} entries for num_labels={num_labels}; expected one per class")
     labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     preset = model_args.model_preset
     if preset in TINYVIT_PRESETS:
-        return TinyViTForImageClassification(TinyViTConfig.from_preset(preset, image_size=image_size, **labels, **overrides))
+        config = _configured(
+            lambda: TinyViTConfig.from_preset(preset, image_size=image_size, **labels, **overrides), overrides,
+            set(TinyViTConfig().to_dict()), f"TinyViTConfig ({preset})",
+        )  # fmt: skip
+        return TinyViTForImageClassification(config)
     if preset in DEIT_PRESETS:
-        config = DeiTDistilledConfig.from_preset(preset, **{"image_size": image_size, **overrides}, **labels)
+        config = _configured(
+            lambda: DeiTDistilledConfig.from_preset(preset, **{"image_size": image_size, **overrides}, **labels),
+            overrides, set(DeiTDistilledConfig().to_dict()), f"DeiTDistilledConfig ({preset})",
+        )  # fmt: skip
         return DeiTDistilledForImageClassification(config)
     if preset is not None:
         raise ValueError(f"model_preset={preset!r}; choose one of {sorted(TINYVIT_PRESETS) + sorted(DEIT_PRESETS)}")
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False, **labels, **overrides)
+    saved = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
+    config = _configured(
+        lambda: AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False, **labels, **overrides),
+        overrides, set(saved.to_dict()), f"{type(saved).__name__} of {model_args.model_name_or_path}",
+    )  # fmt: skip
     # A new label space (21k -> 1k, ImageNet -> digits) replaces the head; everything else loads strictly.
     return AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True, trust_remote_code=False
     )
+
+
+def _split(data_args: DataArguments, replaying: bool):
+    """The dataset's splits under the split policy (`hf_tinyvit.datasets.hold_out`): a train-only source
+    gives up `validation_split_percentage` of its train split for evaluation, except when replaying a
+    store, whose teacher pass covered the whole train split."""
+    percentage = data_args.validation_split_percentage
+    splits = load_image_dataset(data_args.dataset_name, validation_split_percentage=0)
+    if percentage and has_eval_split(splits):
+        raise ValueError(
+            f"validation_split_percentage={percentage:g} applies to datasets without a test or validation split; "
+            f"{data_args.dataset_name!r} has {sorted(splits)}, whose own split is used for evaluation: leave it unset"
+        )
+    # A store saved by hf-tinyvit save-logits covers the whole train split: replaying one holds nothing out
+    # unless asked (a store of 0.1.0 saved from a train-only source covers its 90% share: pass 10).
+    if percentage is None:
+        percentage = 0 if replaying else DEFAULT_VALIDATION_SPLIT_PERCENTAGE
+    splits = hold_out(splits, percentage)
+    if not has_eval_split(splits):
+        logger.info("dataset %r has no test or validation split and none is held out: no evaluation",
+                    data_args.dataset_name)  # fmt: skip
+    return splits
 
 
 def eval_transform(model: PreTrainedModel, image_size: int, mean, std):
@@ -182,7 +290,7 @@ def stream_image_dataset(name: str, split: str, num_shards: int = 8):
     if name == "digits" or (os.path.isdir(name) and not name.startswith("imagefolder:") and (
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "dataset_info.json"))
     )):  # fmt: skip
-        splits = load_image_dataset(name)
+        splits = load_image_dataset(name, validation_split_percentage=0)
         if split not in splits:
             raise ValueError(f"dataset {name!r} has splits {list(splits)}; cannot stream {split!r}")
         return splits[split].to_iterable_dataset(num_shards=min(num_shards, len(splits[split])))
@@ -231,12 +339,13 @@ def distill(
     _report_level(training_args)
     if data_args.streaming:
         return _distill_streamed(model_args, data_args, training_args)
-    splits = load_image_dataset(data_args.dataset_name)  # the fixed split the logit saver also uses
-    eval_name = "test" if "test" in splits else "validation"
-    train_split, eval_split = splits["train"], splits[eval_name]
+    splits = _split(data_args, replaying=training_args.teacher_logits is not None)
+    eval_name = "test" if "test" in splits else "validation" if "validation" in splits else None
+    train_split = splits["train"]
+    eval_split = splits[eval_name] if eval_name is not None else None
     if data_args.max_train_samples is not None:
         train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
-    if data_args.max_eval_samples is not None:
+    if data_args.max_eval_samples is not None and eval_split is not None:
         eval_split = eval_split.select(range(min(data_args.max_eval_samples, len(eval_split))))
     label_feature = train_split.features.get("label")
     dataset_labels = (
@@ -259,7 +368,7 @@ def distill(
         train_dataset = StoredLogitsDataset(train_split, store, label_column="label" if same_space else None)
     else:
         model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
-        image_size = data_args.image_size or model_size.get("image_size") or 224
+        image_size = data_args.image_size if data_args.image_size is not None else model_size.get("image_size", 224)
         if dataset_labels is None:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
         num_labels, id2label = len(dataset_labels), dataset_labels
@@ -280,7 +389,11 @@ def distill(
 
     return _train(
         model_args, data_args, training_args, train_dataset, image_size, num_labels, id2label, recipe,
-        lambda evaluation: AugmentedDataset(eval_split, evaluation, seed=training_args.seed) if dataset_labels else None,
+        lambda evaluation: (
+            AugmentedDataset(eval_split, evaluation, seed=training_args.seed)
+            if dataset_labels and eval_split is not None
+            else None
+        ),
     )  # fmt: skip
 
 

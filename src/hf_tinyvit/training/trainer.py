@@ -27,7 +27,7 @@ from ..losses import (
 )
 from ..store.format import sparse_to_dense, teacher_hard_labels
 from .arguments import DistillationTrainingArguments
-from .callbacks import ReplayEpochCallback
+from .callbacks import FiniteTrainingGuard, ReplayEpochCallback, RunRecordCallback, check_resume
 from .metrics import IGNORE_INDEX, compute_classification_metrics
 
 __all__ = ["PINNED_PRIVATE_HOOKS", "DistillationTrainer", "layer_decay_parameter_groups"]
@@ -42,7 +42,7 @@ PINNED_PRIVATE_HOOKS = ("_get_train_sampler",)
 
 # Batch keys that carry targets or bookkeeping rather than model inputs.
 TEACHER_KEYS = ("teacher_topk_values", "teacher_topk_indices", "teacher_labels")
-NON_MODEL_KEYS = ("labels", "label", "label_ids", *TEACHER_KEYS, "sample_id")
+NON_MODEL_KEYS = ("labels", "label", "label_ids", *TEACHER_KEYS, "sample_id", "image_digest")
 # Config fields of a two-headed student (DeiTDistilledConfig) that the training arguments also set.
 _SHARED_SETTINGS = (
     ("distillation_type", "distillation_type"),
@@ -193,6 +193,10 @@ class DistillationTrainer(Trainer):
         callbacks = list(callbacks or [])
         if isinstance(train_dataset, DistillationDataset):
             callbacks.append(ReplayEpochCallback(train_dataset))
+        # a NaN/inf loss or gradient stops the run at its step; checkpoints record what they were trained on
+        self._finite_guard = FiniteTrainingGuard(train_dataset)
+        self._run_record = RunRecordCallback(train_dataset)
+        callbacks += [self._finite_guard, self._run_record]
         super().__init__(
             model=model,
             args=args,
@@ -273,6 +277,20 @@ class DistillationTrainer(Trainer):
         teacher.eval()
         return teacher
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, refusing first to resume from a checkpoint trained on another store, recipe or
+        dataset (see `callbacks.check_resume`)."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the parent says there is none
+        if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
+            check_resume(str(checkpoint), self._run_record.record(self.args))
+        # remembered for get_resumed_dataloader, which Trainer hands only the number of batches to skip
+        self._resumed_checkpoint = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
     # ---- data ------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, train_dataset=None):
@@ -308,16 +326,6 @@ class DistillationTrainer(Trainer):
             persistent_workers=self.args.dataloader_persistent_workers if workers else False,
             prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
         )
-
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        # remembered for get_resumed_dataloader, which Trainer hands only the number of batches to skip
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resumed = resume_from_checkpoint
-        if isinstance(resumed, bool):
-            resumed = get_last_checkpoint(self.args.output_dir) if resumed else None
-        self._resumed_checkpoint = resumed
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def get_resumed_dataloader(self, dataloader, num_batches):
         """A streamed run resumes mid-epoch from the DataLoader state its checkpoint holds; others skip batches."""
@@ -394,7 +402,8 @@ class DistillationTrainer(Trainer):
             if sample_ids is None:
                 sample_ids = torch.arange(pixel_values.shape[0])
             with torch.inference_mode():
-                logits = checked_teacher_logits(self.teacher, pixel_values, sample_ids, int(self.state.epoch or 0))
+                epoch = int(self.state.epoch or 0)
+                logits = checked_teacher_logits(self.teacher, pixel_values, sample_ids, epoch, num_labels)
                 probs = torch.softmax(logits, dim=-1)
             # Inference tensors cannot be saved for backward; a clone outside the mode is an ordinary tensor.
             return TeacherTarget(probs=probs.clone())
@@ -441,6 +450,8 @@ class DistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs, _ = self._forward(model, inputs, training=model.training)
+        if model.training:
+            self._finite_guard.check_loss(loss, inputs)
         if num_items_in_batch is not None:
             # Batch mean -> share of the accumulated step's mean, exact for uneven last batches.
             loss = loss * (_batch_size(inputs) / num_items_in_batch)

@@ -15,10 +15,11 @@ try:  # inside the hf_tinyvit package: the one loss router
         DistillationMode,
         check_alpha,
         check_label_smoothing,
+        check_problem_type,
         check_tau,
     )
 except ImportError:  # a saved folder loaded with trust_remote_code: the router's copy beside this file
-    from .losses import DistillationMode, check_alpha, check_label_smoothing, check_tau
+    from .losses import DistillationMode, check_alpha, check_label_smoothing, check_problem_type, check_tau
 
 # The DeiT sizes (patch 16, depth 12, MLP ratio 4; Touvron et al., 2021, Table 1) at the two published
 # resolutions. The distillation token is always on.
@@ -96,6 +97,8 @@ class DeiTDistilledConfig(DeiTConfig):
             check_tau(self.distillation_tau, "distillation_tau")
         if self.label_smoothing is not None:
             check_label_smoothing(self.label_smoothing)
+        # The heads' loss reads it (see `hf_tinyvit.losses.label_loss`); a forward never changes it.
+        check_problem_type(self.problem_type)
 
 
 __all__ = ["DEIT_PRESETS", "DeiTDistilledConfig"]

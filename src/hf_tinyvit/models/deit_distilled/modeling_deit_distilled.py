@@ -21,6 +21,7 @@ from transformers.models.deit.modeling_deit import (
     DeiTPreTrainedModel,
 )
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_deit_distilled import DeiTDistilledConfig
 
@@ -226,6 +227,7 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         self.distillation_classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -244,12 +246,16 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         teacher_probs (`(batch, num_labels)`, *optional*):
             The teacher's distribution at temperature 1 (a softmax, or one rebuilt from stored top-k
             probabilities): soft or hard distillation as `config.distillation_type` says.
+
+        `labels` are read by `config.problem_type` (single-label, multi-label or regression, see
+        `hf_tinyvit.losses.label_loss`). `return_dict=False` gives the output's fields as a tuple.
         """
-        kwargs.pop("return_dict", None)  # one output dataclass, always
+        # The body answers in a dataclass even under `config.return_dict=False`; `can_return_tuple` converts ours.
         outputs = self.deit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
+            return_dict=True,
             **kwargs,
         )
         sequence_output = outputs.last_hidden_state

@@ -8,7 +8,7 @@ from transformers import (
     AutoModelForImageClassification,
 )
 
-from .configuration_tinyvit import SMALL_PRESETS, TINYVIT_PRESETS, TinyViTConfig
+from .configuration_tinyvit import MOBILE_SAM_PRESETS, SMALL_PRESETS, TINYVIT_PRESETS, TinyViTConfig
 from .image_processing_tinyvit import (
     BACKENDS,
     eval_preprocessing,
@@ -19,6 +19,7 @@ from .modeling_tinyvit import (
     TinyViTBackbone,
     TinyViTForImageClassification,
     TinyViTModel,
+    TinyViTNeck,
     TinyViTPreTrainedModel,
     attention_bias_index,
     resize_attention_bias_table,
@@ -32,12 +33,14 @@ AutoBackbone.register(TinyViTConfig, TinyViTBackbone, exist_ok=True)
 AutoImageProcessor.register(TinyViTConfig, image_processor_classes=dict(BACKENDS), exist_ok=True)
 
 __all__ = [
+    "MOBILE_SAM_PRESETS",
     "SMALL_PRESETS",
     "TINYVIT_PRESETS",
     "TinyViTBackbone",
     "TinyViTConfig",
     "TinyViTForImageClassification",
     "TinyViTModel",
+    "TinyViTNeck",
     "TinyViTPreTrainedModel",
     "attention_bias_index",
     "eval_preprocessing",

@@ -1,10 +1,16 @@
 """TinyViT configuration: architecture hyper-parameters, the nine published presets, backbone outputs.
 
-This file travels with saved checkpoints (trust_remote_code), so it imports only transformers.
+This file travels with saved checkpoints (trust_remote_code), so it imports only transformers and its
+own folder (the one loss router, `losses.py`, whose problem-type check it uses).
 """
 
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
+
+try:  # inside the hf_tinyvit package: the one loss router
+    from hf_tinyvit.losses import check_problem_type
+except ImportError:  # a saved folder loaded with trust_remote_code: the router's copy beside this file
+    from .losses import check_problem_type
 
 # Widths and heads of the three published sizes; depths, window contraction, MBConv expansion and MLP
 # ratio are shared by all of them (TinyViT paper, Table 1 and section 4).
@@ -43,6 +49,22 @@ SMALL_PRESETS: dict[str, dict] = {
 }
 
 
+# MobileSAM's image encoder (Zhang et al., 2023, "Faster Segment Anything"): TinyViT-5M at 1024x1024 with
+# the 224 window sizes, its last patch merging of stride 1 (so the last stage stays at stride 16, a 64x64
+# map), then SAM's 256-channel neck. `TinyViTBackbone` returns the neck's map by default.
+MOBILE_SAM_PRESETS: dict[str, dict] = {
+    "tinyvit-5m-mobile-sam": {
+        **_SIZES["5m"],
+        "depths": [2, 2, 6, 2],
+        "window_sizes": _WINDOWS[224],
+        "image_size": 1024,
+        "drop_path_rate": 0.0,
+        "patch_merging_strides": [2, 2, 1],
+        "neck_channels": 256,
+    }
+}
+
+
 class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a TinyViT model (Wu et al., 2022).
@@ -67,7 +89,17 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         layer_norm_eps: epsilon of the LayerNorms.
         batch_norm_eps: epsilon of the BatchNorms.
         initializer_range: standard deviation of the truncated normal of the linear layers.
-        out_features / out_indices: stages returned by `TinyViTBackbone` (names "stem", "stage1".."stage4").
+        patch_merging_strides: stride of the patch merging in front of each attention stage (one entry per
+            stage after the first); 2 halves the map (every published classifier), 1 keeps it (MobileSAM's
+            last stage). None means 2 everywhere.
+        neck_channels: when set, `TinyViTBackbone` adds MobileSAM's neck after the last stage (conv 1x1,
+            LayerNorm2d, conv 3x3, LayerNorm2d, to this many channels) as a stage named "neck".
+        neck_layer_norm_eps: epsilon of the neck's LayerNorms (SAM's 1e-6).
+        problem_type: what `labels` mean for the classifier's loss (see `hf_tinyvit.losses.label_loss`);
+            None lets the head decide (regression for one output, else classification). A forward never
+            changes it.
+        out_features / out_indices: stages returned by `TinyViTBackbone` (names "stem", "stage1".."stage4",
+            and "neck" when `neck_channels` is set).
     """
 
     model_type = "tinyvit"
@@ -91,6 +123,9 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         layer_norm_eps: float = 1e-5,
         batch_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        patch_merging_strides: list[int] | None = None,
+        neck_channels: int | None = None,
+        neck_layer_norm_eps: float = 1e-6,
         out_features: list[str] | None = None,
         out_indices: list[int] | None = None,
         **kwargs,
@@ -112,9 +147,17 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.batch_norm_eps = batch_norm_eps
         self.initializer_range = initializer_range
+        self.patch_merging_strides = (
+            [2] * (len(self.depths) - 1) if patch_merging_strides is None else list(patch_merging_strides)
+        )
+        self.neck_channels = neck_channels
+        self.neck_layer_norm_eps = neck_layer_norm_eps
         self._check_architecture()
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
+        if self.neck_channels:
+            self.stage_names.append("neck")
         super().__init__(**kwargs)
+        check_problem_type(self.problem_type)
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
 
     def _check_architecture(self) -> None:
@@ -134,12 +177,20 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
                 raise ValueError(f"window_sizes[{stage}]={window} must be a positive integer")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        strides = self.patch_merging_strides
+        if len(strides) != lengths["depths"] - 1 or any(stride not in (1, 2) for stride in strides):
+            raise ValueError(
+                f"patch_merging_strides={strides} needs one stride per stage after the first "
+                f"({lengths['depths'] - 1} here), each 1 or 2"
+            )
+        if self.neck_channels is not None and not (isinstance(self.neck_channels, int) and self.neck_channels > 0):
+            raise ValueError(f"neck_channels={self.neck_channels!r} must be a positive integer or None")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "TinyViTConfig":
-        """A published variant by name, e.g. `"tinyvit-21m-384"`, or one of `SMALL_PRESETS`; `kwargs`
-        override any field (e.g. `num_labels`)."""
-        presets = {**TINYVIT_PRESETS, **SMALL_PRESETS}
+        """A published variant by name, e.g. `"tinyvit-21m-384"`, or one of `SMALL_PRESETS` and
+        `MOBILE_SAM_PRESETS`; `kwargs` override any field (e.g. `num_labels`)."""
+        presets = {**TINYVIT_PRESETS, **SMALL_PRESETS, **MOBILE_SAM_PRESETS}
         if name not in presets:
             raise ValueError(f"unknown TinyViT preset {name!r}; choose one of {sorted(presets)}")
         return cls(**{**presets[name], **kwargs})
@@ -147,4 +198,4 @@ class TinyViTConfig(BackboneConfigMixin, PreTrainedConfig):
 
 TinyViTConfig.register_for_auto_class()
 
-__all__ = ["SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]
+__all__ = ["MOBILE_SAM_PRESETS", "SMALL_PRESETS", "TINYVIT_PRESETS", "TinyViTConfig"]

@@ -22,6 +22,8 @@ from transformers.modeling_outputs import (
     ImageClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_tinyvit import TinyViTConfig
 
@@ -56,6 +58,19 @@ class TinyViTDropPath(nn.Module):
         return f"p={self.drop_prob}"
 
 
+class TinyViTBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose scale starts at `weight_init` (1, or 0 for MBConv's last one).
+
+    A class of its own so that `_init_weights` initialises it by its own branch: transformers visits
+    every module, but marks one without parameters of its own (such as `TinyViTConvNorm`) as done
+    without calling `_init_weights` on it, so a parent could not initialise its BatchNorm.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, weight_init: float = 1.0):
+        super().__init__(num_features, eps=eps)
+        self.weight_init = weight_init
+
+
 class TinyViTConvNorm(nn.Module):
     """Convolution without bias followed by BatchNorm; `fuse_()` folds the two for inference."""
 
@@ -64,9 +79,8 @@ class TinyViTConvNorm(nn.Module):
         self.convolution = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
         )
-        self.batch_norm = nn.BatchNorm2d(out_channels, eps=config.batch_norm_eps)
         # MBConv's last BatchNorm starts at zero so each block starts as the identity (paper, section 3.2).
-        self.bn_weight_init = bn_weight_init
+        self.batch_norm = TinyViTBatchNorm2d(out_channels, eps=config.batch_norm_eps, weight_init=bn_weight_init)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.batch_norm(self.convolution(hidden_states))
@@ -132,12 +146,13 @@ class TinyViTMBConvLayer(GradientCheckpointingLayer):
 
 
 class TinyViTPatchMerging(nn.Module):
-    """Stride-2 downsampling between stages: 1x1 conv, depthwise 3x3 stride 2, 1x1 conv."""
+    """Downsampling between stages: 1x1 conv, depthwise 3x3 conv of stride 2 (1 in MobileSAM's last
+    merging, which only widens the channels), 1x1 conv."""
 
-    def __init__(self, config: TinyViTConfig, in_dim: int, out_dim: int):
+    def __init__(self, config: TinyViTConfig, in_dim: int, out_dim: int, stride: int = 2):
         super().__init__()
         self.conv1 = TinyViTConvNorm(config, in_dim, out_dim)
-        self.conv2 = TinyViTConvNorm(config, out_dim, out_dim, kernel_size=3, stride=2, groups=out_dim)
+        self.conv2 = TinyViTConvNorm(config, out_dim, out_dim, kernel_size=3, stride=stride, groups=out_dim)
         self.conv3 = TinyViTConvNorm(config, out_dim, out_dim)
         self.activation = ACT2FN[config.hidden_act]
 
@@ -279,18 +294,16 @@ class TinyViTLayer(GradientCheckpointingLayer):
         self.local_conv = TinyViTConvNorm(config, dim, dim, kernel_size=config.local_conv_size, groups=dim)
         self.mlp = TinyViTMLP(config, dim)
 
-    def window_attention(
-        self, hidden_states: torch.Tensor, output_attentions: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def window_attention(self, hidden_states: torch.Tensor, output_attentions: bool) -> torch.Tensor:
         batch, height, width, channels = hidden_states.shape
         # Clipping a window to a smaller map attends to exactly the map's tokens; the reference pads
         # instead, adding zero tokens that take part in the softmax.
         window_h, window_w = min(self.window_size, height), min(self.window_size, width)
         if (window_h, window_w) == (height, width):
-            output, weights = self.attention(
+            output, _ = self.attention(
                 hidden_states.reshape(batch, height * width, channels), window_h, window_w, output_attentions
             )
-            return output.view(batch, height, width, channels), weights
+            return output.view(batch, height, width, channels)
         pad_b, pad_r = -height % window_h, -width % window_w
         if pad_b or pad_r:
             hidden_states = F.pad(hidden_states, (0, 0, 0, pad_r, 0, pad_b))
@@ -298,23 +311,21 @@ class TinyViTLayer(GradientCheckpointingLayer):
         rows, cols = padded_h // window_h, padded_w // window_w
         windows = hidden_states.view(batch, rows, window_h, cols, window_w, channels).transpose(2, 3)
         windows = windows.reshape(batch * rows * cols, window_h * window_w, channels)
-        output, weights = self.attention(windows, window_h, window_w, output_attentions)
+        output, _ = self.attention(windows, window_h, window_w, output_attentions)
         output = output.view(batch, rows, cols, window_h, window_w, channels).transpose(2, 3)
         output = output.reshape(batch, padded_h, padded_w, channels)
         if pad_b or pad_r:
             output = output[:, :height, :width].contiguous()
-        return output, weights
+        return output
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
         batch, height, width, channels = hidden_states.shape
-        attn_output, weights = self.window_attention(hidden_states, output_attentions)
+        attn_output = self.window_attention(hidden_states, output_attentions)
         hidden_states = hidden_states + self.drop_path(attn_output)
         hidden_states = self.local_conv(hidden_states.permute(0, 3, 1, 2))
         hidden_states = hidden_states.reshape(batch, channels, height * width).transpose(1, 2)
         hidden_states = hidden_states + self.drop_path(self.mlp(hidden_states))
-        return hidden_states.view(batch, height, width, channels), weights
+        return hidden_states.view(batch, height, width, channels)
 
 
 class TinyViTConvStage(nn.Module):
@@ -323,10 +334,10 @@ class TinyViTConvStage(nn.Module):
         dim = config.embed_dims[0]
         self.layers = nn.ModuleList(TinyViTMBConvLayer(config, dim, rate) for rate in drop_path_rates)
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, tuple]:
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
         for layer in self.layers:
             hidden_states = layer(hidden_states)
-        return hidden_states, ()
+        return hidden_states
 
 
 class TinyViTStage(nn.Module):
@@ -335,44 +346,62 @@ class TinyViTStage(nn.Module):
     def __init__(self, config: TinyViTConfig, index: int, drop_path_rates: list[float]):
         super().__init__()
         dim = config.embed_dims[index]
-        self.downsample = TinyViTPatchMerging(config, config.embed_dims[index - 1], dim)
+        stride = config.patch_merging_strides[index - 1]
+        self.downsample = TinyViTPatchMerging(config, config.embed_dims[index - 1], dim, stride)
         self.layers = nn.ModuleList(
             TinyViTLayer(config, dim, config.num_heads[index], config.window_sizes[index], rate)
             for rate in drop_path_rates
         )
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, tuple]:
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
         hidden_states = self.downsample(hidden_states).permute(0, 2, 3, 1)
-        attentions = ()
         for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, output_attentions)
-            if output_attentions:
-                attentions += (weights,)
-        return hidden_states.permute(0, 3, 1, 2), attentions
+            hidden_states = layer(hidden_states, output_attentions)
+        return hidden_states.permute(0, 3, 1, 2)
 
 
 class TinyViTEncoder(nn.Module):
     def __init__(self, config: TinyViTConfig):
         super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        # On the CPU explicitly: `.tolist()` needs data, and models are also built under `torch.device("meta")`.
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), device="cpu").tolist()
         starts = [sum(config.depths[:index]) for index in range(len(config.depths))]
         stages = [TinyViTConvStage(config, rates[: config.depths[0]])]
         for index in range(1, len(config.depths)):
             stages.append(TinyViTStage(config, index, rates[starts[index] : starts[index] + config.depths[index]]))
         self.stages = nn.ModuleList(stages)
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, ...]:
+        """The map after each stage, (B, C, H, W) each. A request for attentions makes the attention
+        layers return their probabilities, which `capture_outputs` records."""
+        maps = []
         for stage in self.stages:
-            hidden_states, attentions = stage(hidden_states, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += attentions
-        return hidden_states, all_hidden_states, all_attentions
+            hidden_states = stage(hidden_states, output_attentions)
+            maps.append(hidden_states)
+        return tuple(maps)
+
+
+class TinyViTLayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map, as SAM's neck normalises."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden_states.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TinyViTNeck(nn.Module):
+    """MobileSAM's neck after the last stage: conv 1x1, LayerNorm2d, conv 3x3, LayerNorm2d, all without
+    bias, mapping the last stage's channels to `config.neck_channels` (SAM's 256-channel image embedding)."""
+
+    def __init__(self, config: TinyViTConfig):
+        super().__init__()
+        channels = config.neck_channels
+        self.conv1 = nn.Conv2d(config.embed_dims[-1], channels, kernel_size=1, bias=False)
+        self.norm1 = TinyViTLayerNorm2d(channels, eps=config.neck_layer_norm_eps)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = TinyViTLayerNorm2d(channels, eps=config.neck_layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(self.norm1(self.conv1(hidden_states))))
 
 
 class TinyViTPreTrainedModel(PreTrainedModel):
@@ -385,6 +414,14 @@ class TinyViTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _no_split_modules = ["TinyViTLayer", "TinyViTMBConvLayer"]
+    # `get_input_embeddings()`: the convolutional stem, where `enable_input_require_grads` hooks in.
+    _input_embed_layer = "embeddings"
+    # What `capture_outputs` records when asked: the stem's map, then each stage's map (B, C, H, W);
+    # each attention block's probabilities (B * windows, heads, N, N).
+    _can_record_outputs = {
+        "hidden_states": [OutputRecorder(TinyViTConvStage, index=0), OutputRecorder(TinyViTStage, index=0)],
+        "attentions": OutputRecorder(TinyViTAttention, index=1),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -400,12 +437,14 @@ class TinyViTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, TinyViTConvNorm) and isinstance(module.batch_norm, nn.BatchNorm2d):
-            init.constant_(module.batch_norm.weight, module.bn_weight_init)
-            init.zeros_(module.batch_norm.bias)
-            init.zeros_(module.batch_norm.running_mean)
-            init.ones_(module.batch_norm.running_var)
-            init.zeros_(module.batch_norm.num_batches_tracked)
+        elif isinstance(module, nn.BatchNorm2d):
+            # `transformers.initialization` skips tensors a checkpoint filled, so a checkpoint missing
+            # only some of these gets the defined values for exactly those.
+            init.constant_(module.weight, getattr(module, "weight_init", 1.0))
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, TinyViTAttention):
             init.zeros_(module.attention_bias_table)
             # Non-persistent, so never in a checkpoint: it must be rebuilt here or stay uninitialised.
@@ -531,26 +570,31 @@ class TinyViTModel(TinyViTPreTrainedModel):
         self.layernorm = nn.LayerNorm(config.embed_dims[-1], eps=config.layer_norm_eps)
         self.post_init()
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
+        *,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BaseModelOutputWithPooling:
-        """`last_hidden_state` (B, C, H/32, W/32); `pooler_output` (B, C) = LayerNorm(mean over positions);
-        `hidden_states`: stem output then each stage's map; `attentions`: one (B*windows, heads, N, N) per block."""
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        embeddings = self.embeddings(pixel_values)
-        last, hidden_states, attentions = self.encoder(embeddings, output_hidden_states, output_attentions)
-        pooled = self.layernorm(last.mean(dim=(2, 3)))
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states, attentions=attentions
-        )
-        return output if return_dict is not False else output.to_tuple()
+        """`last_hidden_state` (B, C, H/32, W/32 at the published strides); `pooler_output` (B, C) =
+        LayerNorm(mean over positions). `output_hidden_states`: the stem's map, then each stage's;
+        `output_attentions`: one (B * windows, heads, N, N) per attention block (computed eagerly for that
+        call). `capture_outputs` records both and turns the output into a tuple for `return_dict=False`."""
+        maps = self.encoder(self.embeddings(pixel_values), _wants_attentions(self.config, output_attentions))
+        pooled = self.layernorm(maps[-1].mean(dim=(2, 3)))
+        return BaseModelOutputWithPooling(last_hidden_state=maps[-1], pooler_output=pooled)
+
+
+def _wants_attentions(config: TinyViTConfig, output_attentions: bool | None) -> bool:
+    return bool(config.output_attentions if output_attentions is None else output_attentions)
+
+
+def _requested(**flags) -> dict:
+    """The output flags a caller set: passing an unset one on as None would override the config's value."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 class TinyViTForImageClassification(TinyViTPreTrainedModel):
@@ -563,62 +607,66 @@ class TinyViTForImageClassification(TinyViTPreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        *,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> ImageClassifierOutput:
-        """`labels`: for `config.problem_type` (see `hf_tinyvit.losses.label_loss`): class indices (B,) or
-        target distributions (B, num_labels), multi-hot vectors, or regression targets."""
-        outputs = self.tinyvit(pixel_values, output_hidden_states, output_attentions)
+        """`labels`, read by `config.problem_type` (see `hf_tinyvit.losses.label_loss`): class indices (B,) or
+        target distributions (B, num_labels); multi-hot vectors; regression targets. `config.problem_type` is
+        never changed by a forward: unset, it means regression for one output and classification otherwise."""
+        # The body answers in a dataclass even under `config.return_dict=False`; `can_return_tuple` converts ours.
+        flags = _requested(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        outputs = self.tinyvit(pixel_values, return_dict=True, **flags)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
             loss = distillation_loss(
                 DistillationMode.NONE, logits, labels, problem_type=self.config.problem_type
             ).loss
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 class TinyViTBackbone(BackboneMixin, TinyViTPreTrainedModel):
-    """Feature maps of the stages named in `config.out_features` ("stem", "stage1".."stage4"),
-    strides 4, 4, 8, 16, 32, for detection and segmentation heads."""
+    """Feature maps of the stages named in `config.out_features` ("stem", "stage1".."stage4", and "neck"
+    when `config.neck_channels` is set), for detection and segmentation heads. Strides 4, 4, 8, 16, 32 for
+    the published models; a patch merging of stride 1 keeps its input's stride (MobileSAM: 4, 4, 8, 16, 16,
+    and the neck at 16)."""
 
     def __init__(self, config: TinyViTConfig):
         super().__init__(config)
         self.embeddings = TinyViTEmbeddings(config)
         self.encoder = TinyViTEncoder(config)
+        self.neck = TinyViTNeck(config) if config.neck_channels else None
         self.num_features = [config.embed_dims[0]] + list(config.embed_dims)
+        if self.neck is not None:
+            self.num_features.append(config.neck_channels)
         self.post_init()
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
+        *,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BackboneOutput:
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        """`feature_maps`: one (B, C, H, W) map per name in `config.out_features`. `hidden_states` (the
+        stem's and each stage's map, never the neck's) and `attentions` as for `TinyViTModel`."""
         embeddings = self.embeddings(pixel_values)
-        _, hidden_states, attentions = self.encoder(embeddings, True, output_attentions)
-        feature_maps = tuple(
-            state for name, state in zip(self.stage_names, hidden_states) if name in self.out_features
-        )
-        output = BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=hidden_states if output_hidden_states else None,
-            attentions=attentions,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        maps = (embeddings,) + self.encoder(embeddings, _wants_attentions(self.config, output_attentions))
+        if self.neck is not None and "neck" in self.out_features:
+            maps += (self.neck(maps[-1]),)
+        named = dict(zip(self.stage_names, maps))
+        return BackboneOutput(feature_maps=tuple(named[name] for name in self.out_features))
 
 
 TinyViTModel.register_for_auto_class("AutoModel")
@@ -629,6 +677,7 @@ __all__ = [
     "TinyViTBackbone",
     "TinyViTForImageClassification",
     "TinyViTModel",
+    "TinyViTNeck",
     "TinyViTPreTrainedModel",
     "attention_bias_index",
     "resize_attention_bias_table",
