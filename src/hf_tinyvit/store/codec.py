@@ -12,7 +12,8 @@ Quantising `sqrt(p)` uniformly makes every class add about the same error to the
 rebuilt distribution (the square root stabilises the variance of a probability), where a uniform step in
 `p` would wreck the small probabilities and one in `log p` would waste bits on them. Coding the leftover
 rather than the top-1 value keeps the mass spread over the classes outside the top k from collapsing to
-0 when a confident teacher leaves little of it (a positive mass is coded 1 or more, never 0). `"float16"` names today's columns (float16 values sorted
+0 when a confident teacher leaves little of it (a positive probability is coded 1 or more, never 0, and so
+is the leftover whenever classes lie outside the top k). `"float16"` names today's columns (float16 values sorted
 by decreasing probability, indices in that order); a store without `topk_encoding` in its metadata uses it.
 """
 
@@ -83,8 +84,11 @@ def encode_sqrt8(values: np.ndarray, indices: np.ndarray, num_labels: int) -> tu
     rest_values = np.take_along_axis(rest_values, order, axis=1)
     gaps = np.diff(rest, axis=1, prepend=0)
     slots = np.concatenate([top, gaps], axis=1).astype(index_dtype(int(num_labels)))
-    leftover = 1.0 - values.sum(axis=1, keepdims=True)
-    codes = np.concatenate([_code(leftover), _code(rest_values)], axis=1)
+    # A softmax leaves every class some mass, however little: the classes outside the top k keep at least
+    # one step's worth (a float sum of the top k can round to 1 or past it, which would starve them).
+    leftover = _code(1.0 - values.sum(axis=1, keepdims=True))
+    leftover = np.maximum(leftover, 1).astype(np.uint8) if values.shape[1] < num_labels else np.zeros_like(leftover)
+    codes = np.concatenate([leftover, _code(rest_values)], axis=1)
     return slots, codes
 
 
