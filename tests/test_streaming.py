@@ -17,9 +17,11 @@ import sys
 import time
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from datasets.distributed import split_dataset_by_node
+from PIL import Image
 from safetensors.torch import load_file
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -325,3 +327,18 @@ def test_an_unequal_split_reads_every_row_once_for_evaluation(digits):
         loader = torch.utils.data.DataLoader(views, batch_size=8, num_workers=workers, collate_fn=collate_views)
         ids = sorted(i for batch in loader for i in batch["sample_id"].tolist())
         assert ids == list(range(NUM_TEST))
+
+
+def test_a_streamed_image_changed_since_saving_is_refused_by_its_digest(digits):
+    root, data = digits
+    store = TeacherLogitStore.open(str(root / "store"))
+    assert store.has_image_digests
+    pixels = np.array(data["train"][5]["image"])
+    pixels[0, 0] = 255 - pixels[0, 0]  # one pixel: the 64-image fingerprint of a 64-image set still sees it...
+    changed = data["train"].map(
+        lambda row, i: {"image": Image.fromarray(pixels) if i == 5 else row["image"]}, with_indices=True
+    )
+    # ...so skip that check, as for a remote stream, and let the per-record digest find the image
+    streamed = IterableStoredLogitsDataset(changed.to_iterable_dataset(num_shards=4), store, check_fingerprint=False)
+    with pytest.raises(ValueError, match="the image of sample_id=5 is not the one the teacher saw"):
+        list(streamed)

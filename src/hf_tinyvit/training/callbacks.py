@@ -189,8 +189,11 @@ class RunRecordCallback(TrainerCallback):
 
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(folder):
-            with open(os.path.join(folder, RUN_RECORD_NAME), "w") as handle:
+            # atomically: a run killed while writing must not leave a half record that stops its resume
+            path = os.path.join(folder, RUN_RECORD_NAME)
+            with open(f"{path}.tmp", "w") as handle:
                 json.dump(self.record(args), handle, indent=2, sort_keys=True, allow_nan=False)
+            os.replace(f"{path}.tmp", path)
 
 # Per-rank file in a checkpoint folder holding the position of a streamed training DataLoader.
 STREAM_STATE_NAME = "stream_state_rank{rank}.json"
