@@ -238,6 +238,7 @@ def benchmark_pair(
     loader_steps: int = 4,
     memory_steps: int = 2,
     workers: int = 0,
+    memory_probes: bool = True,
 ) -> dict:
     """Median step time of each mode over interleaved repeats, their ratios, the loader's share of a
     stored-logit step and each mode's peak memory from its own process."""
@@ -256,11 +257,14 @@ def benchmark_pair(
         timings = interleaved_medians(steps, repeats=repeats, warmup=warmup, sync=sync)
         loader = loader_share(trainers["stored"], loader_steps, device)
         del trainers, steps
-        probes = run_probes(
-            os.path.abspath(__file__),
-            [["--probe", mode, "--pairs", pair.name, "--store", store, "--num-images", str(num_images),
-              "--steps", str(memory_steps), "--device", device, "--batch-size", str(batch_size)] for mode in MODES],
-        )  # fmt: skip
+        if memory_probes:
+            probes = run_probes(
+                os.path.abspath(__file__),
+                [["--probe", mode, "--pairs", pair.name, "--store", store, "--num-images", str(num_images),
+                  "--steps", str(memory_steps), "--device", device, "--batch-size", str(batch_size)] for mode in MODES],
+            )  # fmt: skip
+        else:  # a smoke run: no fresh process per mode
+            probes = [{"peak_rss_mib": float("nan"), "cuda_max_allocated_mib": float("nan")} for _ in MODES]
         memory = dict(zip(MODES, probes))
     median = {mode: timings[mode]["median_s"] for mode in MODES}
     peak_key = "cuda_max_allocated_mib" if device.startswith("cuda") else "peak_rss_mib"

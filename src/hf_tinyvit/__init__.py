@@ -51,6 +51,8 @@ _LAZY = {
     "load_image_dataset": ".datasets",
     # rendered views, and views with their stored targets
     "AugmentedDataset": ".augment.views",
+    "IterableAugmentedDataset": ".augment.views",
+    "IterableStoredLogitsDataset": ".replay",
     "DistillationDataset": ".augment.views",
     "PairedSampler": ".augment.views",
     "StoredLogitsDataset": ".replay",

@@ -1,6 +1,6 @@
 """Rendered views as torch datasets: replayable augmented views of an image dataset (item i of epoch e
-depends on (seed, e, i) only), the contract `DistillationTrainer` reads from a dataset, the shuffle that
-keeps Mixup/CutMix partners in one batch, and an in-memory cache of rendered views."""
+depends on (seed, e, i) only), map-style and streamed, the contract `DistillationTrainer` reads from a dataset,
+the shuffle that keeps Mixup/CutMix partners in one batch, and an in-memory cache of rendered views."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from .recipe import AugmentationRecipe
 from .render import apply_augmentation
 from .sampling import augmentation_seed, sample_augmentation, seed_from
 
-__all__ = ["AugmentedDataset", "DistillationDataset", "PairedSampler", "ViewCache", "collate_views"]
+__all__ = [
+    "AugmentedDataset",
+    "DistillationDataset",
+    "IterableAugmentedDataset",
+    "PairedSampler",
+    "ViewCache",
+    "collate_views",
+    "stream_shard_sizes",
+    "with_sample_ids",
+]
 
 
 class ViewCache:
@@ -57,6 +66,27 @@ class ViewCache:
         if key not in self._views and self.nbytes + size <= self.max_bytes:
             self._views[key] = view.clone()
             self.nbytes += size
+
+
+def render_view(recipe: AugmentationRecipe, seed: int, epoch: int, sample_id: int, image: torch.Tensor) -> torch.Tensor:
+    """The unmixed view of one decoded image (uint8 (3, H, W)) as sample `sample_id` of `epoch`: normalised float32."""
+    params = sample_augmentation(recipe, augmentation_seed(seed, epoch, sample_id), *image.shape[-2:])
+    return apply_augmentation(image, params, recipe)
+
+
+def checked_label(sample_id: int, label, num_labels: int | None) -> int:
+    label = int(label)
+    if num_labels is not None and not 0 <= label < num_labels:
+        raise ValueError(f"sample_id={sample_id} has label={label}; accepted: 0..{num_labels - 1}")
+    return label
+
+
+def view_item(pixels: torch.Tensor, sample_id: int, label) -> dict[str, torch.Tensor]:
+    """One dataset item: `pixel_values`, `sample_id` and, when there is one, `labels` (an index or a distribution)."""
+    item = {"pixel_values": pixels, "sample_id": torch.tensor(int(sample_id), dtype=torch.int64)}
+    if label is not None:
+        item["labels"] = label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64)
+    return item
 
 
 def collate_views(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -231,10 +261,7 @@ class AugmentedDataset(DistillationDataset):
         return image, label
 
     def _checked_label(self, sample_id: int, label) -> int:
-        label = int(label)
-        if self.num_labels is not None and not 0 <= label < self.num_labels:
-            raise ValueError(f"sample_id={sample_id} has label={label}; accepted: 0..{self.num_labels - 1}")
-        return label
+        return checked_label(sample_id, label, self.num_labels)
 
     def render(self, sample_id: int, epoch: int | None = None) -> tuple[torch.Tensor, int | None]:
         """The unmixed view of one sample (normalised float32) and its label."""
@@ -260,8 +287,7 @@ class AugmentedDataset(DistillationDataset):
                     return view, self._checked_label(sample_id, self._labels[sample_id]), found
                 return view, self._checked_label(sample_id, self.dataset[sample_id][self.label_column]), found
         image, label = self._read(sample_id)
-        params = sample_augmentation(self.recipe, augmentation_seed(self.seed, epoch, sample_id), *image.shape[-2:])
-        view = apply_augmentation(image, params, self.recipe)
+        view = render_view(self.recipe, self.seed, epoch, sample_id, image)
         if key is not None:
             self.view_cache.put(key, view)
         return view, label, (image_digest(image) if digest else None)
@@ -288,11 +314,9 @@ class AugmentedDataset(DistillationDataset):
                 pixels = mix_images(pixels, partner_pixels, mix)
                 if label is not None:
                     label = mix_labels(label, partner_label, mix, self.num_labels)
-            item = {"pixel_values": pixels, "sample_id": torch.tensor(i, dtype=torch.int64)}
+            item = view_item(pixels, i, label)
             if digest is not None:
                 item["image_digest"] = torch.tensor(digest, dtype=torch.int64)
-            if label is not None:
-                item["labels"] = label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64)
             items.append(item)
         return items
 
@@ -332,3 +356,327 @@ class PairedSampler(Sampler[int]):
         pairs = order[:paired].reshape(-1, 2)[torch.randperm(paired // 2, generator=generator).numpy()]
         yield from pairs.ravel().tolist()
         yield from order[paired:].tolist()
+
+
+# ---- streamed image datasets -------------------------------------------------------------------------------
+
+
+def _examples(stream, batch_size: int = 64) -> Iterator[dict]:
+    """The rows of a `datasets.IterableDataset` one by one, read with `.iter`: unlike `iter(stream)`, it
+    never splits the stream again among DataLoader workers when it runs inside one. With batch_size=1 the
+    stream's `state_dict()` is exact after every row."""
+    for batch in stream.iter(batch_size=batch_size):
+        columns = list(batch)
+        for j in range(len(batch[columns[0]]) if columns else 0):
+            yield {name: batch[name][j] for name in columns}
+
+
+def stream_shard_sizes(stream) -> list[int]:
+    """The number of rows in each source shard of a streamed dataset, in shard order: one pass over the rows
+    with media left undecoded. Pass the result to `IterableAugmentedDataset(shard_sizes=...)` to skip the
+    pass (e.g. from the Parquet footers, or saved from an earlier run)."""
+    stream = stream.decode(False)
+    return [sum(1 for _ in _examples(stream.shard(stream.num_shards, s))) for s in range(stream.num_shards)]
+
+
+def _rows_with_ids(shard: list[int], offset: list[int], size: list[int], source, num_shards: int) -> Iterator[dict]:
+    # The generator of `with_sample_ids`: each call receives a list of source shards (one per datasets shard).
+    for index, first, expected in zip(shard, offset, size):
+        row = -1
+        for row, example in enumerate(_examples(source.shard(num_shards, index))):
+            if row >= expected:
+                break
+            yield {**example, "sample_id": first + row}
+        if row + 1 != expected:
+            raise ValueError(
+                f"source shard {index} holds {row + 1}{'+' if row >= expected else ''} rows, but shard_sizes says "
+                f"{expected}: the sample ids would not be the map-style dataset's; pass the right shard_sizes"
+            )
+
+
+def with_sample_ids(stream, shard_sizes: Sequence[int], shard_order: Sequence[int] | None = None):
+    """A `datasets.IterableDataset` of `stream`'s rows (media undecoded) plus `sample_id`: the row's index in
+    the unshuffled, unsplit dataset (the map-style index a store was written with).
+
+    Ids are attached per source shard from `shard_sizes`, so they stay right after any later shard
+    shuffle, `split_dataset_by_node` or worker split; `shard_order` sets the order the shards are read in.
+    (`stream.map(..., with_indices=True)` would not: its indices restart in every split.)
+    """
+    import datasets
+
+    if len(shard_sizes) != stream.num_shards:
+        raise ValueError(f"shard_sizes has {len(shard_sizes)} entries; the stream has {stream.num_shards} shards")
+    order = list(range(stream.num_shards)) if shard_order is None else [int(s) for s in shard_order]
+    offsets = np.concatenate([[0], np.cumsum(shard_sizes)[:-1]]).astype(int).tolist()
+    return datasets.IterableDataset.from_generator(
+        _rows_with_ids,
+        gen_kwargs={
+            "shard": order,
+            "offset": [offsets[s] for s in order],
+            "size": [int(shard_sizes[s]) for s in order],
+            "source": stream.decode(False),
+            "num_shards": stream.num_shards,
+        },
+    )
+
+
+class _StreamRows:
+    """Random reads of a few rows of a stream (what `dataset_fingerprint` probes), each shard read once forward."""
+
+    def __init__(self, views: "IterableAugmentedDataset"):
+        self.views = views
+        self._open: tuple[int, Iterator[tuple[int, dict]]] | None = None
+
+    def __len__(self) -> int:
+        return self.views.num_samples
+
+    def select_columns(self, columns):
+        return self
+
+    def __getitem__(self, sample_id: int) -> dict:
+        views = self.views
+        shard = int(np.searchsorted(views._offsets, sample_id, side="right")) - 1
+        if self._open is None or self._open[0] != shard:
+            source = views.source.decode(False).shard(views.source.num_shards, shard)
+            self._open = (shard, enumerate(_examples(source), start=int(views._offsets[shard])))
+        for index, row in self._open[1]:
+            if index == sample_id:
+                return {views.image_column: views._decode(row[views.image_column])}
+        raise IndexError(f"sample_id={sample_id} was not found in source shard {shard}")
+
+
+class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDataset):
+    """Replayable augmented views of a streamed image dataset (`datasets.IterableDataset`: local Parquet or image
+    folders, or a Hub id loaded with `streaming=True`), item for item the views `AugmentedDataset` renders.
+
+    Every row carries the `sample_id` of the map-style dataset (attached per source shard before any split,
+    see `with_sample_ids`). Each epoch reads the source shards in an order drawn from (seed, epoch), splits
+    them among processes and DataLoader workers with `datasets.distributed.split_dataset_by_node` (one node
+    per (rank, worker)), and shuffles each node's rows in windows of `shuffle_buffer` rows drawn from
+    (seed, epoch, node). Every node yields the same number of items per epoch (`num_samples // nodes`,
+    rounded down to a multiple of the batch size given to `configure_loader`: a node whose shards hold
+    fewer rows reads them again), so all ranks take the same number of steps. The position is a small
+    state (`state_dict` / `load_state_dict`, what torchdata's `StatefulDataLoader` saves per worker): a
+    resumed run re-reads at most one window of raw rows and yields exactly the items an uninterrupted one
+    would. Mixup/CutMix need random access to partners and are refused.
+    """
+
+    def __init__(
+        self,
+        stream,
+        recipe: AugmentationRecipe,
+        *,
+        seed: int,
+        shard_sizes: Sequence[int] | None = None,
+        epoch: int = 0,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        num_labels: int | None = None,
+        shuffle_buffer: int = 1024,
+        rank: int | None = None,
+        world_size: int | None = None,
+        equal_split: bool = True,
+    ):
+        if recipe.mixes:
+            raise ValueError(
+                "Mixup/CutMix replay pairs samples by sample id, which needs random access: stream a recipe without "
+                "mixing (TinyViT's ImageNet-21k recipe has none) or use the map-style AugmentedDataset"
+            )
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 1")
+        columns = stream.column_names
+        if columns is not None:
+            for name in (image_column, label_column):
+                if name is not None and name not in columns:
+                    raise ValueError(f"column {name!r} is not in the stream; columns: {columns}")
+        if num_labels is None and label_column is not None and stream.features is not None:
+            num_labels = getattr(stream.features.get(label_column), "num_classes", None)
+        self.source = stream
+        self.features = stream.features
+        self.shard_sizes = [int(n) for n in (stream_shard_sizes(stream) if shard_sizes is None else shard_sizes)]
+        if len(self.shard_sizes) != stream.num_shards or min(self.shard_sizes, default=0) < 0:
+            raise ValueError(
+                f"shard_sizes={self.shard_sizes[:8]}... must give a row count >= 0 for each of the "
+                f"{stream.num_shards} shards"
+            )
+        self.num_samples = sum(self.shard_sizes)
+        if self.num_samples == 0:
+            raise ValueError("the stream is empty: there is nothing to augment")
+        self._offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)[:-1]])
+        self.recipe = recipe
+        self.seed = int(seed)
+        self.image_column = image_column
+        self.label_column = label_column
+        self.num_labels = num_labels
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.rank, self.world_size = rank, world_size
+        self.equal_split = bool(equal_split)
+        self.image_digests = False  # items carry `image_digest` (a store with digests checks each image)
+        self.batch_size, self.num_workers = 1, None
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch.fill_(int(epoch))
+        self._fingerprint: str | None = None
+        self._state: dict | None = None
+        self._resume: dict | None = None
+
+    # -- the DistillationDataset contract ----------------------------------------------------------
+
+    @property
+    def views(self) -> "IterableAugmentedDataset":
+        return self
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch} must be >= 0")
+        self._epoch.fill_(int(epoch))
+
+    def train_sampler(self, seed: int = 0) -> None:
+        return None  # a stream orders itself; DataLoader takes no sampler for it
+
+    def fingerprint(self) -> str:
+        """`dataset_fingerprint` of the map-style dataset these rows come from, read off the stream."""
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(_StreamRows(self), self.image_column)
+        return self._fingerprint
+
+    # -- splitting ------------------------------------------------------------------------------------
+
+    def configure_loader(self, batch_size: int, num_workers: int) -> None:
+        """Tell the dataset how its DataLoader batches, so every node yields whole batches in equal numbers."""
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and num_workers={num_workers} >= 0")
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.rank is not None and self.world_size is not None:
+            return int(self.rank), int(self.world_size)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _node(self) -> tuple[int, int]:
+        rank, world = self._rank_world()
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.num_workers is not None and workers != max(1, self.num_workers):
+            raise RuntimeError(
+                f"the DataLoader runs {workers} worker(s) but configure_loader was told num_workers={self.num_workers}"
+            )
+        return rank * workers + worker, world * workers
+
+    def items_per_node(self, nodes: int) -> int | None:
+        if not self.equal_split:
+            return None  # every node reads its rows once (one reader, e.g. an evaluation that rank 0 dispatches)
+        per_node = (self.num_samples // nodes) // self.batch_size * self.batch_size
+        if per_node == 0:
+            raise ValueError(
+                f"{self.num_samples} samples cannot give {nodes} nodes (processes x workers) a batch of "
+                f"{self.batch_size} each"
+            )
+        return per_node
+
+    def __len__(self) -> int:
+        """Items this process yields per epoch (all its workers together)."""
+        rank, world = self._rank_world()
+        if not self.equal_split:
+            return self.num_samples if world == 1 else sum(self.shard_sizes[rank::world])
+        workers = max(1, self.num_workers or 0)
+        return workers * self.items_per_node(world * workers)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def _epoch_stream(self, epoch: int, node: int, nodes: int):
+        from datasets.distributed import split_dataset_by_node
+
+        generator = torch.Generator().manual_seed(seed_from("stream-shards", self.seed, epoch))
+        order = torch.randperm(len(self.shard_sizes), generator=generator).tolist()
+        source = with_sample_ids(self.source, self.shard_sizes, order)
+        return split_dataset_by_node(source, rank=node, world_size=nodes)
+
+    def _decode(self, value):
+        feature = None if self.features is None else self.features.get(self.image_column)
+        if isinstance(value, dict) and hasattr(feature, "decode_example"):
+            return feature.decode_example(value)
+        return value
+
+    def _render(self, row: dict, epoch: int) -> dict[str, torch.Tensor]:
+        sample_id = int(row["sample_id"])
+        try:
+            image = image_to_tensor(self._decode(row[self.image_column]))
+        except Exception as error:  # decoding errors come from PIL, datasets or numpy alike
+            raise ValueError(f"cannot read the image of sample_id={sample_id}: {error}") from error
+        label = None if self.label_column is None else checked_label(sample_id, row[self.label_column], self.num_labels)
+        item = view_item(render_view(self.recipe, self.seed, epoch, sample_id, image), sample_id, label)
+        if self.image_digests:
+            item["image_digest"] = torch.tensor(image_digest(image), dtype=torch.int64)
+        return item
+
+    def view_epoch(self, epoch: int) -> int:
+        """The epoch whose views training epoch `epoch` renders."""
+        return epoch
+
+    def _extras(self, epoch: int, sample_ids: np.ndarray) -> list[dict[str, torch.Tensor]] | None:
+        """Per-item fields a subclass adds for one window (stored targets); None for none."""
+        return None
+
+    def state_dict(self) -> dict:
+        """Where this node stands: epoch, node, the stream state at the current window's start, and counts."""
+        return dict(self._state) if self._state is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        from itertools import islice
+
+        node, nodes = self._node()
+        epoch = self.epoch
+        quota = self.items_per_node(nodes)
+        resume, self._resume = self._resume, None
+        if resume is not None and (resume.get("epoch"), resume.get("nodes"), resume.get("node")) != (epoch, nodes, node):
+            resume = None  # the state of another epoch or split: start this epoch afresh
+        position = resume or {"stream": None, "window": 0, "taken": 0, "passes": 0, "yielded": 0}
+        render_epoch = self.view_epoch(epoch)
+        passes, window_index, taken, yielded = (position[k] for k in ("passes", "window", "taken", "yielded"))
+        limit = quota if quota is not None else float("inf")
+        while yielded < limit:
+            stream = self._epoch_stream(epoch, node, nodes)
+            window_state = position["stream"] if position["stream"] is not None else stream.state_dict()
+            stream.load_state_dict(window_state)
+            position["stream"] = None
+            rows = _examples(stream, batch_size=1)
+            read_any = False
+            while yielded < limit:
+                window = list(islice(rows, self.shuffle_buffer))
+                if not window:
+                    break
+                read_any = True
+                generator = torch.Generator().manual_seed(
+                    seed_from("stream-buffer", self.seed, epoch, node, nodes, passes, window_index)
+                )
+                order = torch.randperm(len(window), generator=generator).tolist()
+                extras = self._extras(render_epoch, np.array([int(window[j]["sample_id"]) for j in order]))
+                for position_in_window in range(taken, len(order)):
+                    if yielded >= limit:
+                        break
+                    item = self._render(window[order[position_in_window]], render_epoch)
+                    if extras is not None:
+                        item.update(extras[position_in_window])
+                    yielded += 1
+                    self._state = {
+                        "epoch": epoch, "node": node, "nodes": nodes, "stream": window_state, "window": window_index,
+                        "taken": position_in_window + 1, "passes": passes, "yielded": yielded,
+                    }  # fmt: skip
+                    yield item
+                window_state = stream.state_dict()
+                window_index, taken = window_index + 1, 0
+            if quota is None:
+                return  # one pass over this node's rows
+            if not read_any:
+                raise ValueError(f"node {node} of {nodes} got no rows in epoch {epoch}: there are too few shards")
+            passes += 1  # this node's shards hold fewer rows than its share: read them again
+            window_index = 0

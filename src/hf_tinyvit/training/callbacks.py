@@ -1,6 +1,7 @@
 """Trainer callbacks of `DistillationTrainer`: the replayed views (and stored targets) follow the training
 epoch; a non-finite loss or gradient stops training at its step, naming the samples; a checkpoint records
-what it was trained from, and resuming from it in another world is refused."""
+what it was trained from, and resuming from it in another world is refused; a streamed run's DataLoader
+position is written into every checkpoint."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from ..log import get_logger
 
 __all__ = [
     "RUN_RECORD_NAME",
+    "STREAM_STATE_NAME",
     "FiniteTrainingGuard",
     "ReplayEpochCallback",
     "RunRecordCallback",
     "check_resume",
     "current_epoch",
     "run_record",
+    "write_stream_state",
 ]
 
 logger = get_logger(__name__)
@@ -121,7 +124,7 @@ def run_record(train_dataset, args) -> dict[str, Any]:
     views = getattr(train_dataset, "views", None)
     if views is not None:
         record["dataset_fingerprint"] = views.fingerprint()
-        record["dataset_size"] = len(views)
+        record["dataset_size"] = getattr(views, "num_samples", None) or len(views)  # a stream's len is per rank
         record["recipe_fingerprint"] = views.recipe.fingerprint()
         record["view_seed"] = views.seed
     store = getattr(train_dataset, "store", None)
@@ -187,5 +190,24 @@ class RunRecordCallback(TrainerCallback):
 
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(folder):
-            with open(os.path.join(folder, RUN_RECORD_NAME), "w") as handle:
+            # atomically: a run killed while writing must not leave a half record that stops its resume
+            path = os.path.join(folder, RUN_RECORD_NAME)
+            with open(f"{path}.tmp", "w") as handle:
                 json.dump(self.record(args), handle, indent=2, sort_keys=True, allow_nan=False)
+            os.replace(f"{path}.tmp", path)
+
+# Per-rank file in a checkpoint folder holding the position of a streamed training DataLoader.
+STREAM_STATE_NAME = "stream_state_rank{rank}.json"
+
+
+def write_stream_state(dataloader, folder: str, rank: int) -> None:
+    """Save a stateful training DataLoader's position (torchdata `StatefulDataLoader.state_dict`, each worker's
+    dataset state included) into a checkpoint folder as JSON, one file per rank, atomically."""
+    import json
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STREAM_STATE_NAME.format(rank=rank))
+    with open(f"{path}.tmp", "w") as handle:
+        json.dump(dataloader.state_dict(), handle)
+    os.replace(f"{path}.tmp", path)

@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+import datasets
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -46,7 +47,15 @@ from ..store.reader import TeacherLogitStore
 from .arguments import DistillationTrainingArguments
 from .trainer import DistillationTrainer
 
-__all__ = ["DataArguments", "ModelArguments", "build_model", "distill", "eval_transform", "parse_distill_args"]
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "build_model",
+    "distill",
+    "eval_transform",
+    "parse_distill_args",
+    "stream_image_dataset",
+]
 
 logger = get_logger(__name__)
 
@@ -95,6 +104,19 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep the first N evaluation images (0: no evaluation)."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training images (datasets streaming: image folders, Parquet folders, Hub ids) instead "
+            "of materialising them: split per process and DataLoader worker, shuffled in windows, resumable "
+            "mid-epoch. The source needs a 'train' split in the store's order; Mixup/CutMix are not streamed."
+        },
+    )
+    stream_shards: int = field(
+        default=8,
+        metadata={"help": "Shards an in-memory or saved dataset is cut into when streamed (digits, save_to_disk)."},
+    )
+    shuffle_buffer: int = field(default=1024, metadata={"help": "Rows shuffled together when streaming."})
     augmentation: str = field(
         default="tinyvit",
         metadata={
@@ -256,6 +278,59 @@ def _crop(recipe: AugmentationRecipe) -> dict:
     return {"crop_pct": recipe.crop_pct, "crop_mode": recipe.crop_mode}
 
 
+def stream_image_dataset(name: str, split: str, num_shards: int = 8):
+    """A split of `load_image_dataset`'s sources as a `datasets.IterableDataset`, in the map-style order: image
+    folders, Parquet folders and Hub ids stream from their files; digits and `save_to_disk` folders (already
+    in memory or on disk) are cut into `num_shards` shards."""
+    import os
+
+    import datasets
+
+    if name == "digits" or (os.path.isdir(name) and not name.startswith("imagefolder:") and (
+        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "dataset_info.json"))
+    )):  # fmt: skip
+        splits = load_image_dataset(name, validation_split_percentage=0)
+        if split not in splits:
+            raise ValueError(f"dataset {name!r} has splits {list(splits)}; cannot stream {split!r}")
+        return splits[split].to_iterable_dataset(num_shards=min(num_shards, len(splits[split])))
+    if name.startswith("imagefolder:"):
+        stream = datasets.load_dataset("imagefolder", data_dir=name.split(":", 1)[1], streaming=True)
+    else:
+        stream = datasets.load_dataset(name, streaming=True)
+    if "train" not in stream:
+        raise ValueError(f"dataset {name!r} has splits {list(stream)}; streaming needs a 'train' split")
+    if split not in stream:
+        raise ValueError(
+            f"dataset {name!r} has splits {list(stream)}; streaming cannot cut a {split!r} split out of 'train' "
+            "(the map-style loader would shuffle it): give the source its own split"
+        )
+    return stream[split]
+
+
+def _streamed_datasets(data_args: DataArguments, training_args: DistillationTrainingArguments):
+    """(train stream, eval stream or None, dataset label names or None) for --streaming."""
+    if data_args.max_train_samples is not None:
+        raise ValueError(
+            "--max_train_samples cannot cut a stream (its sample ids would no longer match a store's): save the "
+            "subset as its own dataset"
+        )
+    train = stream_image_dataset(data_args.dataset_name, "train", data_args.stream_shards)
+    evaluation = None
+    for name in ("test", "validation"):
+        try:
+            evaluation = stream_image_dataset(data_args.dataset_name, name, data_args.stream_shards)
+            break
+        except ValueError:
+            continue
+    if evaluation is not None and data_args.max_eval_samples is not None:
+        # a few evaluation images are kept in memory (a cut stream has no sample ids to stream them by)
+        rows = list(evaluation.take(data_args.max_eval_samples))
+        evaluation = datasets.Dataset.from_list(rows, features=evaluation.features)
+    label_feature = (train.features or {}).get("label")
+    labels = {i: name for i, name in enumerate(label_feature.names)} if hasattr(label_feature, "names") else None
+    return train, evaluation, labels
+
+
 def distill(
     model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
 ) -> DistillationTrainer:
@@ -263,6 +338,8 @@ def distill(
     follow_training_args(training_args)
     if training_args.distillation_type == "stored" and training_args.teacher_logits is None:
         raise ValueError("distillation_type='stored' needs --teacher_logits (a store folder or Hub dataset id)")
+    if data_args.streaming:
+        return _distill_streamed(model_args, data_args, training_args)
     splits = _split(data_args, replaying=training_args.teacher_logits is not None)
     eval_name = "test" if "test" in splits else "validation" if "validation" in splits else None
     train_split = splits["train"]
@@ -311,14 +388,79 @@ def distill(
             recipe = dataclasses.replace(recipe, mean=tuple(pretrained.image_mean), std=tuple(pretrained.image_std))
         train_dataset = AugmentedDataset(train_split, recipe, seed=training_args.seed, num_labels=num_labels)
 
+    return _train(
+        model_args, data_args, training_args, train_dataset, image_size, num_labels, id2label, recipe,
+        # --max_eval_samples 0 means no evaluation, as an explicit 0 says
+        lambda evaluation: (
+            AugmentedDataset(eval_split, evaluation, seed=training_args.seed)
+            if dataset_labels and eval_split is not None and len(eval_split) > 0
+            else None
+        ),
+        eval_name,
+    )  # fmt: skip
+
+
+def _distill_streamed(
+    model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
+) -> DistillationTrainer:
+    """`distill` over streamed images: stored-logit training (`IterableStoredLogitsDataset`) or online
+    augmentation (`IterableAugmentedDataset`)."""
+    from ..augment.views import IterableAugmentedDataset
+    from ..replay import IterableStoredLogitsDataset
+
+    train_stream, eval_stream, dataset_labels = _streamed_datasets(data_args, training_args)
+    buffer = data_args.shuffle_buffer
+    if training_args.teacher_logits is not None:
+        store = TeacherLogitStore.open(training_args.teacher_logits)
+        recipe = store.recipe
+        if data_args.image_size not in (None, recipe.image_size):
+            raise ValueError(
+                f"image_size={data_args.image_size} differs from the stored views' {recipe.image_size}: the student "
+                "trains on the views the teacher saw"
+            )
+        image_size, num_labels = recipe.image_size, store.num_labels
+        id2label = {int(k): v for k, v in store.metadata["id2label"].items()}
+        same_space = dataset_labels is not None and len(dataset_labels) == num_labels
+        train_dataset = IterableStoredLogitsDataset(
+            train_stream, store, label_column="label" if same_space else None, shuffle_buffer=buffer
+        )
+    else:
+        if dataset_labels is None:
+            raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
+        model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
+        image_size = data_args.image_size or model_size.get("image_size") or 224
+        num_labels, id2label = len(dataset_labels), dataset_labels
+        recipe = AUGMENTATIONS[data_args.augmentation](image_size)
+        train_dataset = IterableAugmentedDataset(
+            train_stream, recipe, seed=training_args.seed, num_labels=num_labels, shuffle_buffer=buffer
+        )
+
+    def eval_dataset(evaluation):
+        if eval_stream is None or dataset_labels is None:
+            return None
+        if isinstance(eval_stream, datasets.Dataset):
+            return AugmentedDataset(eval_stream, evaluation, seed=training_args.seed)
+        # rank 0 reads the whole evaluation stream and accelerate dispatches its batches
+        return IterableAugmentedDataset(
+            eval_stream, evaluation, seed=training_args.seed, shuffle_buffer=1, rank=0, world_size=1, equal_split=False
+        )
+
+    eval_name = None if eval_stream is None else str(getattr(eval_stream, "split", None) or "test")
+    return _train(
+        model_args, data_args, training_args, train_dataset, image_size, num_labels, id2label, recipe, eval_dataset,
+        eval_name,
+    )  # fmt: skip
+
+
+def _train(
+    model_args, data_args, training_args, train_dataset, image_size, num_labels, id2label, recipe, make_eval, eval_name
+):
     # transformers initialises weights from torch's global generator: seed it, or a rerun (or the run a
     # crashed one is compared with) starts from other weights. Trainer seeds only after the model exists.
     set_seed(training_args.seed)
     model = build_model(model_args, image_size, num_labels, id2label)
     evaluation, processor = eval_transform(model, image_size, recipe.mean, recipe.std)
-    # --max_eval_samples 0 means no evaluation, as an explicit 0 says
-    evaluate = dataset_labels is not None and eval_split is not None and len(eval_split) > 0
-    eval_dataset = AugmentedDataset(eval_split, evaluation, seed=training_args.seed) if evaluate else None
+    eval_dataset = make_eval(evaluation)
 
     trainer = DistillationTrainer(
         model=model,

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from transformers import Trainer
 
-from ..augment.views import DistillationDataset
+from ..augment.views import DistillationDataset, IterableAugmentedDataset
 from ..log import get_logger
 from ..losses import (
     DistillationMode,
@@ -294,6 +294,8 @@ class DistillationTrainer(Trainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)  # None: the parent says there is none
         if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
             check_resume(str(checkpoint), self._run_record.record(self.args))
+        # remembered for get_resumed_dataloader, which Trainer hands only the number of batches to skip
+        self._resumed_checkpoint = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ---- data ------------------------------------------------------------------------------------
@@ -306,6 +308,51 @@ class DistillationTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return train_dataset.train_sampler(seed=seed)
+
+    # -- streamed datasets: a stateful DataLoader per rank, its position saved in every checkpoint ---------
+
+    def get_train_dataloader(self):
+        dataset = self.train_dataset
+        if not isinstance(dataset, IterableAugmentedDataset):
+            return super().get_train_dataloader()
+        from accelerate.data_loader import DataLoaderShard
+
+        # The dataset splits itself among ranks and workers (split_dataset_by_node, equal items per node):
+        # accelerate's own sharding of an iterable (every rank reading the whole stream, or rank 0
+        # dispatching it) must stay out, so the loader is built here rather than by accelerator.prepare.
+        dataset.configure_loader(self.args.train_batch_size, self.args.dataloader_num_workers)
+        workers = self.args.dataloader_num_workers
+        return DataLoaderShard(
+            dataset,
+            device=self.args.device,
+            use_stateful_dataloader=True,
+            batch_size=self.args.train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers if workers else False,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+        )
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        """A streamed run resumes mid-epoch from the DataLoader state its checkpoint holds; others skip batches."""
+        if not isinstance(self.train_dataset, IterableAugmentedDataset):
+            return super().get_resumed_dataloader(dataloader, num_batches)
+        import json
+
+        from .callbacks import STREAM_STATE_NAME
+
+        path = os.path.join(
+            getattr(self, "_resumed_checkpoint", None) or "", STREAM_STATE_NAME.format(rank=self.args.process_index)
+        )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resuming a streamed run mid-epoch needs {path}, the DataLoader position saved with the checkpoint "
+                f"({num_batches} batches into the epoch); it is missing"
+            )
+        with open(path) as handle:
+            dataloader.load_state_dict(json.load(handle))
+        return dataloader
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -438,6 +485,16 @@ class DistillationTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`, then the folder is made Hub-ready: the pickled `training_args.bin` is
         replaced by `training_args.json` and a model card says how the model was distilled."""
+        loader = getattr(self.callback_handler, "train_dataloader", None)
+        if _internal_call and output_dir is not None and isinstance(self.train_dataset, IterableAugmentedDataset):
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            from .callbacks import write_stream_state
+
+            if os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR) and loader is not None:
+                # a checkpoint: every rank keeps its stream position there, before Trainer writes
+                # trainer_state.json (the file that marks a checkpoint complete)
+                write_stream_state(loader, output_dir, self.args.process_index)
         super().save_model(output_dir, _internal_call=True)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
