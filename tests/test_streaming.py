@@ -289,8 +289,9 @@ def test_two_processes_stream_disjoint_halves_and_resume_mid_epoch_to_the_same_r
         command += streamed_args(root, output_dir, "--log_level", "info", "--log_level_replica", "info", *extra)
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-3000:]
-        lines = re.findall(r"\[distill\] rank (\d) of 2: (\d+) steps, train_loss [\d.]+, parameter checksum (\S+)", run.stdout)
-        assert sorted(line[0] for line in lines) == ["0", "1"], run.stdout[-3000:]  # every rank trained
+        output = run.stdout + run.stderr  # the per-rank summary is a log line (stderr)
+        lines = re.findall(r"\[distill\] rank (\d) of 2: (\d+) steps, train_loss [\d.]+, parameter checksum (\S+)", output)
+        assert sorted(line[0] for line in lines) == ["0", "1"], output[-3000:]  # every rank trained
         assert {line[1] for line in lines} == {"8"} and len({line[2] for line in lines}) == 1
         return run
 
