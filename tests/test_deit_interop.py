@@ -194,7 +194,6 @@ def test_export_loads_in_stock_transformers(tmp_path):
     optimizer.step()
     ours.eval()
     ours.save_as_transformers_deit(tmp_path / "export")
-    deit_image_processor(32).save_pretrained(tmp_path / "export")
 
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["model_type"] == "deit" and config["architectures"] == ["DeiTForImageClassificationWithTeacher"]

@@ -100,14 +100,31 @@ def test_processors_reproduce_the_reference(variant, family, backend):
     config = facebook_deit_config() if variant == "facebookresearch/deit" else data_config(variant)
     bound = 1e-3 if backend == "pil" else TENSOR_KERNEL_LEVELS  # PIL: the reference's own resize, exactly
     ours = processor(family, config, backend)
-    floor_reference, exact_reference = reference(config, floor_crop=True), reference(config)
+    exact_reference = reference(config)
     for name, photo in PHOTOS.items():
         got = ours(photo, return_tensors="pt")["pixel_values"][0]
         assert got.shape == (3, *config["input_size"][1:])
-        # Equal to the reference up to the resampling kernel, once the centre crop rounds as transformers does.
-        assert levels(got, floor_reference(photo), config) <= bound, name
-        if not rounding_differs(config, photo):
-            assert levels(got, exact_reference(photo), config) <= bound, name
+        # Equal to the reference up to the resampling kernel, the centre crop included (it rounds as
+        # torchvision's CenterCrop does, see image_processing_reference.py).
+        assert levels(got, exact_reference(photo), config) <= bound, name
+
+
+def test_the_reference_crop_is_what_stock_processors_miss():
+    """The one-pixel crop shift the family processors fix: stock transformers processors with the same settings
+    floor the crop offset, and differ from the reference on the photos whose margin is 3 mod 4."""
+    from transformers import ViTImageProcessor
+
+    config = data_config("tiny_vit_5m_224.dist_in22k_ft_in1k")  # 235 -> 224: every photo's short side
+    ours = processor("tinyvit", config, "pil")
+    stock = ViTImageProcessor(**{k: v for k, v in ours.to_dict().items() if k not in ("image_processor_type",)})
+    exact, floor = reference(config), reference(config, floor_crop=True)
+    shifted = [name for name, photo in PHOTOS.items() if rounding_differs(config, photo)]
+    assert shifted == list(PHOTOS)
+    for name, photo in PHOTOS.items():
+        mine = ours(photo, return_tensors="pt")["pixel_values"][0]
+        theirs = stock(photo, return_tensors="pt")["pixel_values"][0]
+        assert levels(theirs, floor(photo), config) <= TENSOR_KERNEL_LEVELS < levels(theirs, exact(photo), config)
+        assert levels(mine, exact(photo), config) <= 1e-3, name
 
 
 @pytest.mark.parametrize(("variant", "family"), CASES, ids=[v for v, _ in CASES])
@@ -128,7 +145,7 @@ def test_deit_keeps_the_aspect_ratio():
     assert settings["size"] == {"shortest_edge": 256} and settings["crop_size"] == {"height": 224, "width": 224}
     squashed = deit_image_processor(224).__class__(**{**settings, "size": {"height": 256, "width": 256}})
     photo, config = PHOTOS["coffee"], facebook_deit_config()
-    expected = reference(config, floor_crop=True)(photo)
+    expected = reference(config)(photo)
     ours = deit_image_processor(224, backend="torchvision")(photo, return_tensors="pt")["pixel_values"][0]
     wrong = squashed(photo, return_tensors="pt")["pixel_values"][0]
     assert levels(ours, expected, config) <= TENSOR_KERNEL_LEVELS < levels(wrong, expected, config)

@@ -123,9 +123,12 @@ def test_converter_writes_no_pickle_and_loads_without_remote_code(deit_pth, tmp_
     output = tmp_path / "converted"
     convert_cli(["--checkpoint", str(deit_pth), "--variant", DEIT_VARIANT, "--output-dir", str(output)])
     assert {p.suffix for p in output.iterdir()} <= {".safetensors", ".json", ".md", ".py"}, list(output.iterdir())
-    # the only code is the remote code the config points to, for loading without hf_tinyvit
+    # the only code is the remote code the configs point to, for loading without hf_tinyvit
     code = {p.name for p in output.glob("*.py")}
-    assert code == {"configuration_deit_distilled.py", "modeling_deit_distilled.py", "losses.py"}, code
+    assert code == {
+        "configuration_deit_distilled.py", "modeling_deit_distilled.py", "losses.py",
+        "image_processing_deit_distilled.py", "image_processing_reference.py",
+    }, code  # fmt: skip
     assert_only_safe_files(output)
     assert "AutoModelForImageClassification" in json.loads((output / "config.json").read_text())["auto_map"]
     model = AutoModelForImageClassification.from_pretrained(output, trust_remote_code=False)

@@ -16,27 +16,12 @@ skimage_data = pytest.importorskip("skimage.data")
 
 
 def reference_transform(variant: str):
-    """timm's eval transform for `variant`, except that its centre crop rounds an odd margin down.
-
-    torchvision's CenterCrop rounds the offset half up, transformers' processors round it down: at 224
-    (235 -> 224, margin 11) the two crops sit one pixel apart, a known and accepted difference.
-    """
+    """timm's eval transform for `variant`, its torchvision centre crop included (the processors round the
+    crop offset as it does: see models/image_processing_reference.py)."""
     from timm.data import create_transform, resolve_data_config
-    from torchvision import transforms
 
     model = timm.create_model(variant, pretrained=False, num_classes=0, depths=[1, 1, 1, 1])
-    reference = create_transform(**resolve_data_config({}, model=model))
-    steps = []
-    for step in reference.transforms:
-        if isinstance(step, transforms.CenterCrop):
-            height, width = step.size
-
-            def step(image, height=height, width=width):
-                top, left = (image.height - height) // 2, (image.width - width) // 2
-                return image.crop((left, top, left + width, top + height))
-
-        steps.append(step)
-    return transforms.Compose(steps)
+    return create_transform(**resolve_data_config({}, model=model))
 
 
 @pytest.mark.parametrize(("variant", "size"), [("tiny_vit_5m_224", 224), ("tiny_vit_21m_384", 384), ("tiny_vit_21m_512", 512)])

@@ -280,7 +280,7 @@ def how_to_use(model_id: str, custom_code: bool, head: str = "classification") -
         "```python\n"
         "from PIL import Image\n"
         f"from transformers import AutoImageProcessor, {auto}\n\n"
-        f'processor = AutoImageProcessor.from_pretrained("{model_id}")\n'
+        f'processor = AutoImageProcessor.from_pretrained("{model_id}"{remote})\n'
         f'model = {auto}.from_pretrained("{model_id}"{remote}).eval()\n'
         'image = Image.open("image.jpg").convert("RGB")\n'
         'outputs = model(**processor(image, return_tensors="pt"))\n'

@@ -10,12 +10,7 @@ from transformers import (
 )
 
 from .configuration_deit_distilled import DEIT_PRESETS, DeiTDistilledConfig
-from .image_processing_deit_distilled import (
-    IMAGE_PROCESSOR_CLASSES,
-    REFERENCE_CROP_PCT,
-    deit_image_processor,
-    reference_preprocessing,
-)
+from .image_processing_deit_distilled import DeiTDistilledImageProcessor, DeiTDistilledImageProcessorPil
 from .modeling_deit_distilled import (
     DeiTDistilledForImageClassification,
     DeiTDistilledImageClassifierOutput,
@@ -23,6 +18,12 @@ from .modeling_deit_distilled import (
     DeiTDistilledPreTrainedModel,
     deit_distilled_loss,
     interpolate_position_embeddings,
+)
+from .preprocessing_deit_distilled import (
+    IMAGE_PROCESSOR_CLASSES,
+    REFERENCE_CROP_PCT,
+    deit_image_processor,
+    reference_preprocessing,
 )
 
 AutoConfig.register(DeiTDistilledConfig.model_type, DeiTDistilledConfig, exist_ok=True)
@@ -36,6 +37,8 @@ __all__ = [
     "REFERENCE_CROP_PCT",
     "DeiTDistilledConfig",
     "DeiTDistilledForImageClassification",
+    "DeiTDistilledImageProcessor",
+    "DeiTDistilledImageProcessorPil",
     "DeiTDistilledImageClassifierOutput",
     "DeiTDistilledModel",
     "DeiTDistilledPreTrainedModel",

@@ -20,7 +20,7 @@ from ...hub import (
     write_model_card,
 )
 from .configuration_deit_distilled import DeiTDistilledConfig
-from .image_processing_deit_distilled import REFERENCE_CROP_PCT, deit_image_processor
+from .preprocessing_deit_distilled import REFERENCE_CROP_PCT, deit_image_processor
 from .modeling_deit_distilled import DeiTDistilledForImageClassification, DeiTDistilledModel
 
 # The four released distilled DeiTs (timm / facebookresearch/deit names) and their preset.

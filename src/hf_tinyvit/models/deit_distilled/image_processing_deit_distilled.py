@@ -1,49 +1,22 @@
-"""Reference preprocessing of DeiT (ImageNet mean/std; the shorter side resized to size / 0.875 with
-bicubic, keeping the aspect ratio; centre crop) as stock transformers DeiT image processors, whose own
-defaults differ (0.5/0.5 normalisation, both sides squashed to 256).
-
-The saved `preprocessor_config.json` names a stock processor, so this file never travels with a
-checkpoint. The geometry is `AugmentationRecipe.eval`, shared with datasets and TinyViT.
+"""DeiT-distilled's image processors: transformers' DeiT processors (torchvision and PIL backends) with the
+reference centre crop (`image_processing_reference.py`). This file travels with saved checkpoints
+(trust_remote_code): it imports only transformers and its own folder. The reference settings come from
+`preprocessing_deit_distilled.py`.
 """
-
-from __future__ import annotations
 
 from transformers import DeiTImageProcessor, DeiTImageProcessorPil
 
-from ...augment.recipe import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    AugmentationRecipe,
-)
-
-# facebookresearch/deit evaluates with --eval-crop-ratio 0.875 at every resolution (256 -> 224, 438 -> 384);
-# timm's pretrained configs say 0.9 at 224 and 1.0 at 384 instead.
-REFERENCE_CROP_PCT = 0.875
-
-# Backend name -> stock class, the form AutoImageProcessor.register takes.
-IMAGE_PROCESSOR_CLASSES = {"torchvision": DeiTImageProcessor, "pil": DeiTImageProcessorPil}
+from .image_processing_reference import ReferenceCentreCrop
 
 
-def reference_preprocessing(
-    image_size: int = 224, crop_pct: float = REFERENCE_CROP_PCT, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
-) -> dict:
-    """The keyword arguments of a DeiT image processor that reproduces the reference evaluation transform."""
-    return AugmentationRecipe.eval(image_size, crop_pct, mean=mean, std=std).image_processor_kwargs()
+class DeiTDistilledImageProcessor(ReferenceCentreCrop, DeiTImageProcessor):
+    """DeiT's torchvision-backend processor with the reference transforms' centre crop."""
 
 
-def deit_image_processor(
-    image_size: int = 224,
-    crop_pct: float = REFERENCE_CROP_PCT,
-    backend: str = "torchvision",
-    *,
-    mean=IMAGENET_DEFAULT_MEAN,
-    std=IMAGENET_DEFAULT_STD,
-) -> DeiTImageProcessor | DeiTImageProcessorPil:
-    """A stock transformers DeiT image processor with the reference settings written out explicitly, so
-    that its saved `preprocessor_config.json` means the same thing to any transformers install."""
-    if backend not in IMAGE_PROCESSOR_CLASSES:
-        raise ValueError(f"backend={backend!r} must be one of {sorted(IMAGE_PROCESSOR_CLASSES)}")
-    return IMAGE_PROCESSOR_CLASSES[backend](**reference_preprocessing(image_size, crop_pct, mean, std))
+class DeiTDistilledImageProcessorPil(ReferenceCentreCrop, DeiTImageProcessorPil):
+    """DeiT's PIL-backend processor with the reference transforms' centre crop."""
 
 
-__all__ = ["IMAGE_PROCESSOR_CLASSES", "REFERENCE_CROP_PCT", "deit_image_processor", "reference_preprocessing"]
+DeiTDistilledImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = ["DeiTDistilledImageProcessor", "DeiTDistilledImageProcessorPil"]

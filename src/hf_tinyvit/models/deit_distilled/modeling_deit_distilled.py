@@ -302,7 +302,19 @@ class DeiTDistilledForImageClassification(DeiTDistilledPreTrainedModel):
         """
         processor = image_processor if image_processor is not None else _saved_or_reference_processor(self.config)
         self.to_transformers_deit().save_pretrained(save_directory, **kwargs)
-        processor.save_pretrained(save_directory)
+        _as_stock_processor(processor).save_pretrained(save_directory)
+
+
+def _as_stock_processor(processor):
+    """`processor`'s settings in transformers' own DeiT processor class, which needs no remote code. Its centre
+    crop floors the offset: one pixel away from the reference's on images whose margin is 3 mod 4."""
+    from transformers import DeiTImageProcessor, DeiTImageProcessorPil
+
+    if type(processor).__module__.startswith("transformers."):
+        return processor
+    stock = DeiTImageProcessorPil if isinstance(processor, DeiTImageProcessorPil) else DeiTImageProcessor
+    settings = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor_type", "auto_map")}
+    return stock.from_dict(settings)
 
 
 def _saved_or_reference_processor(config: DeiTDistilledConfig):
@@ -312,7 +324,7 @@ def _saved_or_reference_processor(config: DeiTDistilledConfig):
     if source and os.path.isfile(os.path.join(source, "preprocessor_config.json")):
         return AutoImageProcessor.from_pretrained(source)
     try:  # inside the hf_tinyvit package: the reference preprocessing
-        from hf_tinyvit.models.deit_distilled.image_processing_deit_distilled import deit_image_processor
+        from hf_tinyvit.models.deit_distilled.preprocessing_deit_distilled import deit_image_processor
     except ImportError:  # a folder loaded with trust_remote_code carries no processor code
         raise ValueError(
             "save_as_transformers_deit needs an image processor: pass image_processor= (e.g. "

@@ -9,12 +9,7 @@ from transformers import (
 )
 
 from .configuration_tinyvit import MOBILE_SAM_PRESETS, SMALL_PRESETS, TINYVIT_PRESETS, TinyViTConfig
-from .image_processing_tinyvit import (
-    BACKENDS,
-    eval_preprocessing,
-    eval_recipe,
-    tinyvit_image_processor,
-)
+from .image_processing_tinyvit import TinyViTImageProcessor, TinyViTImageProcessorPil
 from .modeling_tinyvit import (
     TinyViTBackbone,
     TinyViTForImageClassification,
@@ -24,12 +19,12 @@ from .modeling_tinyvit import (
     attention_bias_index,
     resize_attention_bias_table,
 )
+from .preprocessing_tinyvit import BACKENDS, eval_preprocessing, eval_recipe, tinyvit_image_processor
 
 AutoConfig.register(TinyViTConfig.model_type, TinyViTConfig, exist_ok=True)
 AutoModel.register(TinyViTConfig, TinyViTModel, exist_ok=True)
 AutoModelForImageClassification.register(TinyViTConfig, TinyViTForImageClassification, exist_ok=True)
 AutoBackbone.register(TinyViTConfig, TinyViTBackbone, exist_ok=True)
-# A registered mapping, no subclass: the ViT processors do TinyViT's preprocessing given its settings.
 AutoImageProcessor.register(TinyViTConfig, image_processor_classes=dict(BACKENDS), exist_ok=True)
 
 __all__ = [
@@ -39,6 +34,8 @@ __all__ = [
     "TinyViTBackbone",
     "TinyViTConfig",
     "TinyViTForImageClassification",
+    "TinyViTImageProcessor",
+    "TinyViTImageProcessorPil",
     "TinyViTModel",
     "TinyViTNeck",
     "TinyViTPreTrainedModel",

@@ -14,7 +14,7 @@ from ...hub import (
     write_model_card,
 )
 from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
-from .image_processing_tinyvit import tinyvit_image_processor
+from .preprocessing_tinyvit import tinyvit_image_processor
 from .modeling_tinyvit import TinyViTBackbone, TinyViTForImageClassification, TinyViTModel
 
 _PAPER = "TinyViT: Fast Pretraining Distillation for Small Vision Transformers (Wu et al., ECCV 2022)"
