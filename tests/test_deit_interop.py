@@ -20,7 +20,6 @@ from transformers import (
 from hf_tinyvit.models.deit_distilled import (
     DeiTDistilledConfig,
     DeiTDistilledForImageClassification,
-    deit_image_processor,
 )
 
 timm = pytest.importorskip("timm")

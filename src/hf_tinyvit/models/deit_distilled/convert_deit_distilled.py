@@ -20,8 +20,8 @@ from ...hub import (
     write_model_card,
 )
 from .configuration_deit_distilled import DeiTDistilledConfig
-from .preprocessing_deit_distilled import REFERENCE_CROP_PCT, deit_image_processor
 from .modeling_deit_distilled import DeiTDistilledForImageClassification, DeiTDistilledModel
+from .preprocessing_deit_distilled import REFERENCE_CROP_PCT, deit_image_processor
 
 # The four released distilled DeiTs (timm / facebookresearch/deit names) and their preset.
 VARIANTS = {

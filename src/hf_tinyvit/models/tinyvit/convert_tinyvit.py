@@ -14,8 +14,8 @@ from ...hub import (
     write_model_card,
 )
 from .configuration_tinyvit import TINYVIT_PRESETS, TinyViTConfig
-from .preprocessing_tinyvit import tinyvit_image_processor
 from .modeling_tinyvit import TinyViTBackbone, TinyViTForImageClassification, TinyViTModel
+from .preprocessing_tinyvit import tinyvit_image_processor
 
 _PAPER = "TinyViT: Fast Pretraining Distillation for Small Vision Transformers (Wu et al., ECCV 2022)"
 
