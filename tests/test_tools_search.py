@@ -83,7 +83,7 @@ def test_macs_match_the_published_count_and_parameters_the_model():
     config = TinyViTConfig.from_preset("tinyvit-5m-224", num_labels=1000)
     # TinyViT's paper gives 1.3G MACs for TinyViT-5M at 224
     assert count_macs(config, 224) == pytest.approx(1.3e9, rel=0.05)
-    cost = measure_student(SEED, batch_size=4, repeats=1, warmup=0)
+    cost = measure_student(SEED, batch_size=4, repeats=1, warmup=0, min_seconds=0.05)
     assert cost.parameters == TinyViTForImageClassification(SEED).num_parameters()
     assert cost.macs == count_macs(SEED, 16) > 0 and cost.images_per_second > 0
     with pytest.raises(ValueError, match="batch_size=0"):
@@ -104,11 +104,12 @@ def test_proxy_score_is_deterministic_and_learns(grey):
 
 
 def test_search_respects_the_budget_and_saves_its_results(grey):
-    seed_params = measure_student(SEED, batch_size=4, repeats=1, warmup=0).parameters
+    seed_params = measure_student(SEED, batch_size=4, repeats=1, warmup=0, min_seconds=0.05).parameters
     budget = seed_params + 5_000  # room for a lighter or slightly heavier move, not for a wider stage
     cheap = ProxySettings(train_samples=16, eval_samples=16, epochs=2, batch_size=8)  # ranks need not be meaningful
     result = search_students(
-        grey["store"], grey["dataset"], seed=SEED, max_params=budget, num_candidates=3, proxy=cheap, batch_size=8
+        grey["store"], grey["dataset"], seed=SEED, max_params=budget, num_candidates=3, proxy=cheap, batch_size=8,
+        throughput_seconds=0.1,
     )
     candidates = result.candidates
     assert candidates[0].change == "seed" and candidates[0].parent is None
@@ -132,9 +133,10 @@ def test_search_respects_the_budget_and_saves_its_results(grey):
 
 def test_search_refuses_a_seed_outside_its_own_constraints(grey):
     with pytest.raises(ValueError, match="over parameter budget"):
-        search_students(grey["store"], grey["dataset"], seed=SEED, max_params=1000, proxy=PROXY)
+        search_students(grey["store"], grey["dataset"], seed=SEED, max_params=1000, proxy=PROXY, throughput_seconds=0.05)
     with pytest.raises(ValueError, match="below throughput floor"):
-        search_students(grey["store"], grey["dataset"], seed=SEED, max_params=1e9, min_throughput=1e12, proxy=PROXY)
+        search_students(grey["store"], grey["dataset"], seed=SEED, max_params=1e9, min_throughput=1e12, proxy=PROXY,
+                        throughput_seconds=0.05)  # fmt: skip
     with pytest.raises(ValueError, match="neither a TinyViT preset"):
         search_students(grey["store"], grey["dataset"], seed="tinyvit-99m", max_params=1e9, proxy=PROXY)
 
@@ -149,7 +151,7 @@ def test_cli_search(grey, capsys):
     result = main([
         "search", "--store", grey["store"], "--dataset", str(folder), "--seed_config", str(grey["root"] / "seed-config"),
         "--max_params", "1e6", "--candidates", "2", "--batch_size", "8", "--train_samples", "24", "--eval_samples", "8",
-        "--proxy_epochs", "2", "--proxy_batch_size", "8", "--output_dir", str(out), "--no_plots",
+        "--proxy_epochs", "2", "--proxy_batch_size", "8", "--output_dir", str(out), "--no_plots", "--throughput_seconds", "0.05",
     ])  # fmt: skip
     assert sum(c.feasible for c in result.candidates) == 2 and (out / "best-config" / "config.json").is_file()
     assert not (out / "search.png").exists()

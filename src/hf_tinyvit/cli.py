@@ -360,6 +360,8 @@ def search_parser(prog: str = "hf-tinyvit search") -> argparse.ArgumentParser:
     parser.add_argument("--candidates", type=int, default=6, help="candidates to score, the seed included")
     parser.add_argument("--max_measured", type=int, default=None, help="stop after measuring this many (10x)")
     parser.add_argument("--batch_size", type=int, default=64, help="batch of the throughput measurement")
+    parser.add_argument("--throughput_seconds", type=float, default=1.0,
+                        help="timing per candidate; its fastest batch gives the img/s")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--head_dim", type=int, default=32, help="channels per attention head")
@@ -402,7 +404,7 @@ def search(argv: list[str] | None = None):
     result = search_students(
         args.store, dataset, seed=args.seed_config, max_params=args.max_params, min_throughput=args.min_throughput,
         num_candidates=args.candidates, space=space, proxy=proxy, batch_size=args.batch_size, device=args.device,
-        image_column=args.image_column, max_measured=args.max_measured,
+        image_column=args.image_column, max_measured=args.max_measured, throughput_seconds=args.throughput_seconds,
     )  # fmt: skip
     result.save(args.output_dir, plot=not args.no_plots)
     print(result.to_markdown())
