@@ -418,11 +418,10 @@ class ProxyScorer:
             model.train()
             for epoch, ids in batches:
                 batch = self._batch(ids, epoch)
-                target = TeacherTarget(
-                    probs=sparse_to_dense(batch["teacher_topk_values"], batch["teacher_topk_indices"], config.num_labels)
-                )
+                probs = sparse_to_dense(batch["teacher_topk_values"], batch["teacher_topk_indices"], config.num_labels)
                 outputs = model(pixel_values=batch["pixel_values"].to(self.device))
-                loss = distillation_loss(DistillationMode.STORED, outputs, None, _to(target, self.device)).loss
+                target = TeacherTarget(probs=probs.to(self.device))
+                loss = distillation_loss(DistillationMode.STORED, outputs, None, target).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -436,12 +435,6 @@ class ProxyScorer:
                     logits = model(pixel_values=pixels[i : i + 256].to(self.device)).logits
                     agree += int((logits.argmax(-1).cpu() == teacher_top1[i : i + 256]).sum())
         return agree / len(self.eval_ids), time.perf_counter() - start
-
-
-def _to(target, device: torch.device):
-    from ..losses import TeacherTarget
-
-    return TeacherTarget(probs=target.probs.to(device), hard_labels=target.hard_labels.to(device))
 
 
 # ---- the search -----------------------------------------------------------------------------------
