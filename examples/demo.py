@@ -11,9 +11,14 @@
    online runs ignore the stored targets), so the modes of a family differ in their target only.
 4. Twice: on the clean labels, and with 20% of the students' training labels replaced by a wrong
    class ("hard samples"), while the teacher keeps standing for outside knowledge.
+5. From the store alone: a hard-sample audit of the wrong labels (precision and recall against the
+   known flipped ids), labels-only students retrained on the audit's relabelled copy, and the
+   teacher's class similarity.
 
-Writes results.md / results.json / accuracy.png and a Hub-ready student folder, and classifies a
-few test digits with `pipeline("image-classification")` loaded from that folder.
+Writes results.md / results.json / accuracy.png, the audit's figures and suspects table, the
+similarity heatmap, the store (teacher-logits/, for `hf-tinyvit audit / similarity / search`) and a
+Hub-ready student folder, and classifies a few test digits with `pipeline("image-classification")`
+loaded from that folder.
 
     python examples/demo.py --output_dir outputs/demo            # one seed, about 5 minutes on 2 cores
     python examples/demo.py --output_dir outputs/demo --seeds 3  # mean and std over three seeds
@@ -54,8 +59,13 @@ from hf_tinyvit import (
     TinyViTConfig,
     TinyViTForImageClassification,
     ViewCache,
+    audit_labels,
+    class_similarity,
     corrupt_labels,
     load_image_dataset,
+    plot_class_similarity,
+    plot_precision_recall,
+    plot_suspects,
     save_teacher_logits,
     tinyvit_image_processor,
     write_model_card,
@@ -75,6 +85,13 @@ MODES = (
 )
 # Modes whose loss never reads the ground-truth labels give the same run in both settings.
 LABEL_FREE = {("tinyvit", "stored"), ("tinyvit", "online")}
+# Labels-only students trained again on the hard-samples labels after the audit relabelled its confident suspects.
+RELABEL_MODES = (
+    ("tinyvit", "none", "TinyViT, labels only, audit-relabelled"),
+    ("deit", "none", "DeiT, labels only, audit-relabelled"),
+)
+# Relabel a suspect when the teacher's mean probability of its own class is at least this.
+RELABEL_CONFIDENCE = 0.5
 
 
 @dataclass
@@ -225,6 +242,8 @@ def run_seed(seed: int, demo: DemoArguments, data, work: Path) -> dict:
 
     noisy_train, flipped = corrupt_labels(train, demo.noise, seed)
     out["flipped_labels"] = len(flipped)
+    students = {"demo": demo, "seed": seed, "store": store, "store_dir": store_dir, "views": views,
+                "test_views": test_views, "teacher": teacher, "work": work, "id2label": id2label}  # fmt: skip
     for setting in SETTINGS:
         labelled = train if setting == "clean" else noisy_train
         print(f"[seed {seed}] students, {setting} labels", flush=True)
@@ -234,36 +253,74 @@ def run_seed(seed: int, demo: DemoArguments, data, work: Path) -> dict:
                 # These losses never read the labels: the clean run is this run, bit for bit.
                 out["runs"][key] = out["runs"][f"clean/{label}"]
                 continue
-            set_seed(seed)  # the same initialisation for every mode of a family
-            if family == "tinyvit":
-                model, lr, epochs = tinyvit_student(demo.image_size, id2label), demo.tinyvit_lr, demo.epochs
-            else:
-                model, lr, epochs = deit_student(demo.image_size, demo.deit_patch_size, id2label), demo.deit_lr, demo.deit_epochs
-            # Every mode replays the stored views, cycling them when a family trains longer than the store
-            # holds; labels-only and online runs leave the stored targets unread.
-            train_views = StoredLogitsDataset(labelled, store, view_cache=views)
-            live_teacher = None
-            if mode == "none":
-                distillation = {"distillation_type": "none"}
-            elif mode in ("stored", "hard"):
-                distillation = {"distillation_type": mode, "teacher_logits": str(store_dir)}
-            else:  # online: the live teacher's full distribution on the same views, no labels (alpha = 1)
-                distillation = {"distillation_type": "soft", "alpha": 1.0, "tau": 1.0}
-                live_teacher = teacher
-            result = run(
-                key,
-                model,
-                training_args(work / "students" / key.replace("/", "_").replace(" ", "-"), demo, seed=seed,
-                              epochs=epochs, lr=lr, **distillation),
-                train_views,
-                test_views,
-                teacher=live_teacher,
-            )
+            result = train_student(key, family, mode, labelled, **students)
             trainer = result.pop("trainer")
             if setting == "clean" and family == "tinyvit" and mode == "stored":
                 out["stored_student"] = trainer
             out["runs"][key] = result
+    audit_and_relabel(out, train, noisy_train, flipped, students)
     return out
+
+
+def train_student(key: str, family: str, mode: str, labelled, *, demo: DemoArguments, seed: int, store, store_dir: Path,
+                  views, test_views, teacher, work: Path, id2label: dict) -> dict:  # fmt: skip
+    """One student of `family` trained in `mode` on the `labelled` dataset's labels (or none, for the
+    label-free modes), replaying the store's views."""
+    set_seed(seed)  # the same initialisation for every mode of a family
+    if family == "tinyvit":
+        model, lr, epochs = tinyvit_student(demo.image_size, id2label), demo.tinyvit_lr, demo.epochs
+    else:
+        model, lr, epochs = deit_student(demo.image_size, demo.deit_patch_size, id2label), demo.deit_lr, demo.deit_epochs
+    # Every mode replays the stored views, cycling them when a family trains longer than the store
+    # holds; labels-only and online runs leave the stored targets unread.
+    train_views = StoredLogitsDataset(labelled, store, view_cache=views)
+    live_teacher = None
+    if mode == "none":
+        distillation = {"distillation_type": "none"}
+    elif mode in ("stored", "hard"):
+        distillation = {"distillation_type": mode, "teacher_logits": str(store_dir)}
+    else:  # online: the live teacher's full distribution on the same views, no labels (alpha = 1)
+        distillation = {"distillation_type": "soft", "alpha": 1.0, "tau": 1.0}
+        live_teacher = teacher
+    return run(
+        key,
+        model,
+        training_args(work / "students" / key.replace("/", "_").replace(" ", "-"), demo, seed=seed,
+                      epochs=epochs, lr=lr, **distillation),
+        train_views,
+        test_views,
+        teacher=live_teacher,
+    )
+
+
+def audit_and_relabel(out: dict, train, noisy_train, flipped, students: dict) -> None:
+    """What else the store gives: the hard-sample audit of the wrong labels (measured against the known
+    flipped ids), labels-only students on the audit's relabelled copy, and the teacher's class similarity."""
+    seed, store = students["seed"], students["store"]
+    print(f"[seed {seed}] hard-sample audit of the {len(flipped)} wrong labels, from the store alone", flush=True)
+    start = time.perf_counter()
+    audit = audit_labels(store, noisy_train)
+    relabelled, changed = audit.relabelled(noisy_train, min_confidence=RELABEL_CONFIDENCE)
+    truth, noisy = np.array(train["label"]), np.array(noisy_train["label"])
+    out["audit"] = {
+        "seconds": time.perf_counter() - start,
+        "threshold": audit.threshold,
+        "min_topk_fraction": audit.min_topk_fraction,
+        "suspects": int(audit.suspect.sum()),
+        "relabelled": len(changed),
+        "relabelled_to_truth": int((np.array(relabelled["label"])[changed] == truth[changed]).sum()),
+        "wrong_after_relabel": int((np.array(relabelled["label"]) != truth).sum()),
+        "wrong_before": int((noisy != truth).sum()),
+        **(audit.precision_recall(flipped) if len(flipped) else {}),
+    }
+    out["audit_result"], out["audited_dataset"], out["flipped"] = audit, noisy_train, flipped
+    out["similarity"] = class_similarity(store, train)
+    print(f"[seed {seed}] students on the audit's relabelled labels", flush=True)
+    for family, mode, label in RELABEL_MODES:
+        key = f"hard samples/{label}"
+        result = train_student(key, family, mode, relabelled, **students)
+        result.pop("trainer")
+        out["runs"][key] = result
 
 
 def summarise(results: list[dict], demo: DemoArguments) -> dict:
@@ -298,7 +355,73 @@ def summarise(results: list[dict], demo: DemoArguments) -> dict:
         "store_bytes_per_record": results[0]["store_bytes"] / results[0]["store_records"],
         "flipped_labels": results[0]["flipped_labels"],
         "runs": table,
+        "audit": summarise_audit(results),
     }
+
+
+def summarise_audit(results: list[dict]) -> dict:
+    """The audit's figures (mean over seeds, std of precision and recall) and seed 0's class similarity."""
+    audits = [r["audit"] for r in results]
+    summary = {key: statistics.fmean([a[key] for a in audits]) for key in audits[0]}
+    for key in ("precision", "recall"):
+        if key in summary:
+            values = [a[key] for a in audits]
+            summary[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    similarity = results[0]["similarity"]
+    summary["nearest"] = {
+        similarity.name(c): [[similarity.name(k), p] for k, p in row] for c, row in enumerate(similarity.nearest(2))
+    }
+    summary["pairs"] = [[similarity.name(a), similarity.name(b), p] for a, b, p in similarity.pairs(6)]
+    return summary
+
+
+def tools_markdown(summary: dict, similarity_table: str) -> str:
+    """results.md's sections on the hard-sample audit and the class similarity."""
+    a, n = summary["audit"], len(summary["seeds"])
+
+    def pct(key: str) -> str:
+        return f"{100 * a[key]:.1f}%" + (f" ± {100 * a[key + '_std']:.1f}" if n > 1 else "")
+
+    lines = ["## Hard-sample audit (from the store alone)", ""]
+    if "precision" in a:
+        lines.append(
+            f"{a['wrong']:.0f} of the training labels were made wrong. The audit (a label's mean teacher probability over "
+            f"the {summary['settings']['stored_epochs']} stored epochs below {a['threshold']:g}, or the label outside the "
+            f"stored top-{summary['settings']['topk']} in most of them) flagged {a['flagged']:.0f}: precision "
+            f"{pct('precision')}, recall {pct('recall')}{' (mean ± std over seeds)' if n > 1 else ''}, in "
+            f"{a['seconds']:.2f} s."
+        )
+    lines += [
+        "",
+        f"Relabelling the suspects whose teacher class has at least {100 * RELABEL_CONFIDENCE:.0f}% mean probability "
+        f"changed {a['relabelled']:.0f} labels, {a['relabelled_to_truth']:.0f} of them to the true class: wrong "
+        f"training labels {a['wrong_before']:.0f} -> {a['wrong_after_relabel']:.0f}. The table's audit-relabelled rows "
+        "are labels-only students trained on that copy. Figures: audit_precision_recall.png, audit_suspects.png "
+        "(all suspects in audit_suspects.csv).",
+        "",
+        "## Class similarity (the teacher's mean distribution over each digit's stored views)",
+        "",
+        similarity_table.rstrip(),
+        "",
+        "Most confused pairs: " + ", ".join(f"{x}/{y} ({100 * p:.1f}%)" for x, y, p in a["pairs"]) + ". Heatmap: "
+        "similarity.png.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_tool_outputs(result: dict, output_dir: Path) -> None:
+    """Seed 0's audit figures and suspects table, and its class-similarity heatmap."""
+    audit, flipped = result["audit_result"], result["flipped"]
+    audit.to_csv(output_dir / "audit_suspects.csv")
+    plot_suspects(audit, result["audited_dataset"], output_dir / "audit_suspects.png", wrong_ids=flipped)
+    if len(flipped):
+        plot_precision_recall(
+            audit.precision_recall_curve(flipped), output_dir / "audit_precision_recall.png",
+            operating_point={**audit.precision_recall(flipped), "threshold": audit.threshold},
+            title="digits: audit of 20% flipped labels, from the stored teacher",
+        )  # fmt: skip
+    plot_class_similarity(result["similarity"], output_dir / "similarity.png")
 
 
 def markdown_table(summary: dict) -> str:
@@ -396,9 +519,17 @@ def main(argv=None) -> dict:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summary)
-    (output_dir / "results.md").write_text("# hf_tinyvit demo: fast pretraining distillation on digits\n\n" + table)
+    tools = tools_markdown(summary, results[0]["similarity"].to_markdown(2))
+    (output_dir / "results.md").write_text(
+        "# hf_tinyvit demo: fast pretraining distillation on digits\n\n" + table + "\n" + tools
+    )
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     plot(summary, output_dir / "accuracy.png")
+    write_tool_outputs(results[0], output_dir)
+    # Seed 0's store stays, so that `hf-tinyvit audit / similarity / search --store` can run on it.
+    kept_store = output_dir / "teacher-logits"
+    shutil.rmtree(kept_store, ignore_errors=True)
+    shutil.copytree(work / "seed0" / "teacher-logits", kept_store)
 
     folder = output_dir / "tinyvit-digits-distilled"
     save_student(results[0]["stored_student"], summary, folder, demo)
@@ -408,8 +539,11 @@ def main(argv=None) -> dict:
     for image, label in zip(examples["image"], examples["label"]):
         best = classifier(image.convert("RGB"), top_k=1)[0]
         print(f"  true {label}  predicted {best['label']} ({best['score']:.2f})")
-    print("\n" + table)
-    print(f"Wrote {output_dir}/results.md, results.json, accuracy.png and {folder}/ in {summary['total_wall_s']:.0f} s")
+    print("\n" + table + "\n" + tools)
+    print(
+        f"Wrote {output_dir}/results.md, results.json, accuracy.png, the audit and similarity figures, "
+        f"teacher-logits/ and {folder}/ in {summary['total_wall_s']:.0f} s"
+    )
     shutil.rmtree(work, ignore_errors=True)
     return summary
 

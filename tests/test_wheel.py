@@ -128,6 +128,13 @@ def test_every_subcommand_runs_from_the_installed_wheel(venv, tmp_path):
         "export-deit": cli + ["export-deit", "--model", str(tmp_path / "deit"), "--output-dir", "exported"],
         "inspect": cli + ["inspect", "store", "--json"],
         "verify": cli + ["verify", "store"],
+        "audit": cli + ["audit", "--store", "store", "--dataset", "digits", "--output_dir", "audit", "--no_plots"],
+        "similarity": cli + ["similarity", "--store", "store", "--dataset", "digits", "--output_dir", "similarity",
+                             "--no_plots"],
+        "search": cli + ["search", "--store", "store", "--max_params", "1e6", "--candidates", "1",
+                         "--max_measured", "2", "--throughput_seconds", "0.05", "--batch_size", "4",
+                         "--train_samples", "16", "--eval_samples", "8", "--proxy_epochs", "1",
+                         "--output_dir", "search", "--no_plots"],
     }  # fmt: skip
     assert set(subcommands) == set(cases), f"every subcommand needs its smallest case here: {subcommands}"
     outputs = {name: run(command, cwd=work, env=env).stdout for name, command in cases.items()}

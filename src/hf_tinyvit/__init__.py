@@ -75,6 +75,22 @@ _LAZY = {
     # checkpoints and the Hub
     "load_state_dict": ".hub",
     "write_model_card": ".hub",
+    # what the stored teacher makes possible: student search, hard-sample audit, class similarity
+    "ClassSimilarity": ".tools",
+    "LabelAudit": ".tools",
+    "ProxySettings": ".tools",
+    "SearchSpace": ".tools",
+    "StudentSearch": ".tools",
+    "audit_labels": ".tools",
+    "class_similarity": ".tools",
+    "measure_student": ".tools",
+    "pareto_front": ".tools",
+    "plot_class_similarity": ".tools",
+    "plot_precision_recall": ".tools",
+    "plot_search": ".tools",
+    "plot_suspects": ".tools",
+    "precision_recall_curve": ".tools",
+    "search_students": ".tools",
 }
 
 

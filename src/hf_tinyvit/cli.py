@@ -1,7 +1,9 @@
 """`hf-tinyvit`, the package's command line: `save-logits` (run a teacher once and store its sparse top-k
 probabilities), `distill` (train a student with `DistillationTrainer`), `convert` (official, timm or fine-tuned
 TinyViT / DeiT checkpoints to transformers folders), `export-deit` (a DeiT-distilled folder to stock
-transformers DeiT) and `inspect` (what a store or a model folder holds). Each subcommand also runs under
+transformers DeiT), `inspect` (what a store or a model folder holds), `verify` (a store's integrity), and the
+tools a store makes possible: `search` (students under a budget), `audit` (hard samples) and `similarity`
+(class neighbours). Each subcommand also runs under
 `accelerate launch -m hf_tinyvit.cli <subcommand> ...`; the scripts in examples/ and conversion/ are thin
 wrappers over the same code. Results go to stdout, messages (`--verbosity`) to stderr."""
 
@@ -364,6 +366,229 @@ def distill(argv: list[str] | None = None):
     return run(*parse_distill_args(argv))
 
 
+def _store_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a teacher-logit store (folder or Hub dataset id)")
+    parser.add_argument(
+        "--dataset", "--dataset_name", dest="dataset", default="digits",
+        help="the dataset the store was built from: digits, imagefolder:<dir>, a save_to_disk folder or a Hub name",
+    )  # fmt: skip
+    parser.add_argument("--split", default="train", help="the split the teacher ran on")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--epochs", type=int, nargs="+", default=None, help="stored epochs to read (default: all)")
+
+
+def audit_parser(prog: str = "hf-tinyvit audit") -> argparse.ArgumentParser:
+    from .tools.audit import DEFAULT_AUDIT_THRESHOLD, DEFAULT_MIN_TOPK_FRACTION
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Hard-sample audit: flag the labels the stored teacher keeps disagreeing with across epochs "
+        "(mean probability below --threshold, or outside the stored top-k in most epochs), ranked by the teacher's "
+        "confidence in another class. Writes suspects.csv, suspects.png and audit.json; runs no teacher.",
+    )
+    _store_dataset_arguments(parser)
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_AUDIT_THRESHOLD,
+                        help="flag labels whose mean stored teacher probability is below this")  # fmt: skip
+    parser.add_argument(
+        "--min_topk_fraction", type=float, default=DEFAULT_MIN_TOPK_FRACTION,
+        help="flag labels found in the stored top-k in fewer than this share of the epochs",
+    )  # fmt: skip
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--top", type=int, default=16, help="suspects shown in suspects.png")
+    parser.add_argument(
+        "--corrupt_labels", type=float, default=None, metavar="FRACTION",
+        help="measure the audit: first make this share of the labels wrong (hf_tinyvit.corrupt_labels), then "
+        "report precision and recall against them and write precision_recall.png",
+    )  # fmt: skip
+    parser.add_argument("--corrupt_seed", type=int, default=0, help="seed of --corrupt_labels")
+    parser.add_argument(
+        "--relabel", default=None, metavar="DIR",
+        help="write a copy of the dataset (save_to_disk) whose confident suspects carry the teacher's class",
+    )  # fmt: skip
+    parser.add_argument("--relabel_confidence", type=float, default=0.5,
+                        help="relabel a suspect when the teacher's mean probability of its class is at least this")  # fmt: skip
+    parser.add_argument("--no_plots", action="store_true", help="skip the PNG files (no matplotlib needed)")
+    return parser
+
+
+def audit(argv: list[str] | None = None):
+    """`hf-tinyvit audit`: returns the `LabelAudit`."""
+    import json
+    from pathlib import Path
+
+    from .datasets import corrupt_labels, load_image_dataset
+    from .store.reader import TeacherLogitStore
+    from .tools.audit import audit_labels
+
+    parser = audit_parser()
+    args = parser.parse_args(argv)
+    if args.corrupt_labels is not None and not 0.0 < args.corrupt_labels < 1.0:
+        parser.error(f"--corrupt_labels {args.corrupt_labels} must lie in (0, 1)")
+    if args.top < 1:
+        parser.error(f"--top {args.top} must be >= 1")
+    store = TeacherLogitStore.open(args.store)
+    splits = load_image_dataset(args.dataset)
+    dataset = splits[args.split]
+    wrong = None
+    if args.corrupt_labels is not None:
+        dataset, wrong = corrupt_labels(dataset, args.corrupt_labels, args.corrupt_seed, label_column=args.label_column)
+    result = audit_labels(
+        store, dataset, label_column=args.label_column, image_column=args.image_column, threshold=args.threshold,
+        min_topk_fraction=args.min_topk_fraction, epochs=args.epochs,
+    )  # fmt: skip
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    result.to_csv(output / "suspects.csv")
+    summary = {
+        "store": store.path, "dataset": args.dataset, "split": args.split, "samples": len(result),
+        "threshold": args.threshold, "min_topk_fraction": args.min_topk_fraction,
+        "suspects": int(result.suspect.sum()), "unjudged (mixed records only)": int((~result.counted).sum()),
+    }  # fmt: skip
+    if wrong is not None:
+        summary.update(corrupt_labels=args.corrupt_labels, corrupt_seed=args.corrupt_seed,
+                       **result.precision_recall(wrong))  # fmt: skip
+    if args.relabel:
+        relabelled, changed = result.relabelled(dataset, args.relabel_confidence, label_column=args.label_column)
+        splits[args.split] = relabelled
+        splits.save_to_disk(args.relabel)
+        summary.update(relabelled=len(changed), relabel_confidence=args.relabel_confidence, relabel_dir=args.relabel)
+    if not args.no_plots:
+        from .tools.plots import plot_precision_recall, plot_suspects
+
+        plot_suspects(result, dataset, output / "suspects.png", count=args.top, wrong_ids=wrong,
+                      image_column=args.image_column)  # fmt: skip
+        if wrong is not None:
+            point = {**result.precision_recall(wrong), "threshold": args.threshold}
+            plot_precision_recall(result.precision_recall_curve(wrong), output / "precision_recall.png",
+                                  operating_point=point)  # fmt: skip
+    (output / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(result.table().select(range(min(10, int(result.suspect.sum())))).to_pandas().to_string(index=False))
+    return result
+
+
+def similarity_parser(prog: str = "hf-tinyvit similarity") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Class similarity from a store: the teacher's mean distribution over each class's stored views "
+        "(a heatmap) and each class's nearest classes. With --dataset a record's class is its label; with "
+        "--dataset none, the teacher's own top-1. Writes similarity.png, similarity.md and similarity.json.",
+    )
+    _store_dataset_arguments(parser)
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--nearest", type=int, default=2, help="nearest classes listed per class")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--no_plots", action="store_true", help="skip the PNG file (no matplotlib needed)")
+    return parser
+
+
+def similarity(argv: list[str] | None = None):
+    """`hf-tinyvit similarity`: returns the `ClassSimilarity`."""
+    import json
+    from pathlib import Path
+
+    from .datasets import load_image_dataset
+    from .store.reader import TeacherLogitStore
+    from .tools.similarity import class_similarity
+
+    parser = similarity_parser()
+    args = parser.parse_args(argv)
+    if args.nearest < 1:
+        parser.error(f"--nearest {args.nearest} must be >= 1")
+    store = TeacherLogitStore.open(args.store)
+    dataset = None if args.dataset == "none" else load_image_dataset(args.dataset)[args.split]
+    result = class_similarity(store, dataset, label_column=args.label_column, image_column=args.image_column,
+                              epochs=args.epochs)  # fmt: skip
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    table = result.to_markdown(args.nearest)
+    (output / "similarity.md").write_text(table)
+    payload = {
+        "grouped_by": result.grouped_by,
+        "records": result.records.tolist(),
+        "matrix": [[None if v != v else float(v) for v in row] for row in result.matrix],
+        "nearest": [[[c, p] for c, p in row] for row in result.nearest(args.nearest)],
+        "pairs": [[a, b, p] for a, b, p in result.pairs(10)],
+    }
+    (output / "similarity.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if not args.no_plots:
+        from .tools.plots import plot_class_similarity
+
+        plot_class_similarity(result, output / "similarity.png")
+    print(table)
+    print("most confused pairs: " + ", ".join(f"{result.name(a)}/{result.name(b)} ({100 * p:.1f}%)"
+                                               for a, b, p in result.pairs(6)))  # fmt: skip
+    return result
+
+
+def search_parser(prog: str = "hf-tinyvit search") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Student search: a local search over TinyViT's contraction factors (widths, depths, heads at "
+        "--head_dim, windows, MLP ratio, MBConv expansion) from a seed architecture, under a parameter budget and a "
+        "throughput floor measured on this device, each candidate scored by a short distillation from the store "
+        "(no teacher runs). Writes search.md, search.json, search.png and best-config/.",
+    )
+    _store_dataset_arguments(parser)
+    parser.add_argument("--seed_config", default="tinyvit-micro", help="a TinyViT preset name or config folder")
+    parser.add_argument("--max_params", type=float, required=True, help="parameter budget, e.g. 1e6")
+    parser.add_argument("--min_throughput", type=float, default=0.0, help="images/s floor on this device")
+    parser.add_argument("--candidates", type=int, default=6, help="candidates to score, the seed included")
+    parser.add_argument("--max_measured", type=int, default=None, help="stop after measuring this many (10x)")
+    parser.add_argument("--batch_size", type=int, default=64, help="batch of the throughput measurement")
+    parser.add_argument("--throughput_seconds", type=float, default=1.0,
+                        help="timing per candidate; its fastest batch gives the img/s")  # fmt: skip
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--head_dim", type=int, default=32, help="channels per attention head")
+    parser.add_argument("--train_samples", type=int, default=None, help="stored samples each candidate trains on")
+    parser.add_argument("--eval_samples", type=int, default=None, help="held-out stored samples it is scored on")
+    parser.add_argument("--proxy_epochs", type=int, default=None, help="passes over the training samples")
+    parser.add_argument("--proxy_batch_size", type=int, default=None)
+    parser.add_argument("--proxy_learning_rate", type=float, default=None)
+    parser.add_argument("--proxy_seed", type=int, default=None, help="seeds the subset, the order and the inits")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--no_plots", action="store_true", help="skip search.png (no matplotlib needed)")
+    return parser
+
+
+def search(argv: list[str] | None = None):
+    """`hf-tinyvit search`: returns the `StudentSearch`."""
+    import torch
+
+    from .datasets import load_image_dataset
+    from .tools.search import ProxySettings, SearchSpace, search_students
+
+    parser = search_parser()
+    args = parser.parse_args(argv)
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            parser.error(f"--num_threads {args.num_threads} must be >= 1")
+        torch.set_num_threads(args.num_threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("hf_tinyvit.tools.search").setLevel(logging.INFO)
+    proxy_fields = {
+        "train_samples": args.train_samples, "eval_samples": args.eval_samples, "epochs": args.proxy_epochs,
+        "batch_size": args.proxy_batch_size, "learning_rate": args.proxy_learning_rate, "seed": args.proxy_seed,
+    }  # fmt: skip
+    try:
+        proxy = ProxySettings(**{k: v for k, v in proxy_fields.items() if v is not None})
+        space = SearchSpace(head_dim=args.head_dim, width_step=args.head_dim, min_width=args.head_dim)
+    except ValueError as error:
+        parser.error(str(error))
+    dataset = load_image_dataset(args.dataset)[args.split]
+    result = search_students(
+        args.store, dataset, seed=args.seed_config, max_params=args.max_params, min_throughput=args.min_throughput,
+        num_candidates=args.candidates, space=space, proxy=proxy, batch_size=args.batch_size, device=args.device,
+        image_column=args.image_column, max_measured=args.max_measured, throughput_seconds=args.throughput_seconds,
+    )  # fmt: skip
+    result.save(args.output_dir, plot=not args.no_plots)
+    print(result.to_markdown())
+    print(f"best: candidate {result.best.index} ({result.best.architecture.describe()}); wrote {args.output_dir}")
+    return result
+
+
 COMMANDS = {
     "save-logits": (save_logits, "run a teacher once and store its sparse top-k probabilities"),
     "distill": (distill, "train a student: stored-logit, hard/soft distillation or fine-tuning"),
@@ -371,6 +596,9 @@ COMMANDS = {
     "export-deit": (export_deit, "export a DeiT-distilled folder to stock transformers DeiT (no remote code)"),
     "inspect": (inspect, "describe a teacher-logit store or a model folder"),
     "verify": (verify, "check every byte, record and (given the dataset) image of a teacher-logit store"),
+    "search": (search, "search student architectures under a budget, scored from a store"),
+    "audit": (audit, "flag labels the stored teacher disagrees with (hard samples)"),
+    "similarity": (similarity, "class-by-class mean teacher distribution and nearest classes"),
 }
 
 logger = log.get_logger(__name__)
