@@ -375,6 +375,21 @@ def _store_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="the split the teacher ran on")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--epochs", type=int, nargs="+", default=None, help="stored epochs to read (default: all)")
+    parser.add_argument("--max_samples", type=int, default=None, help="the store was saved with --max_samples N")
+
+
+def _store_source(args, parser: argparse.ArgumentParser):
+    """(splits, the dataset the store was built from): the whole `--split` (a store's teacher pass holds nothing
+    out), cut to `--max_samples` as save-logits cut it."""
+    from .datasets import load_image_dataset, select_split
+
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error(f"--max_samples {args.max_samples} must be >= 1")
+    splits = load_image_dataset(args.dataset, validation_split_percentage=0)
+    dataset = select_split(splits, args.split, repr(args.dataset))
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    return splits, dataset
 
 
 def audit_parser(prog: str = "hf-tinyvit audit") -> argparse.ArgumentParser:
@@ -417,7 +432,7 @@ def audit(argv: list[str] | None = None):
     import json
     from pathlib import Path
 
-    from .datasets import corrupt_labels, load_image_dataset
+    from .datasets import corrupt_labels
     from .store.reader import TeacherLogitStore
     from .tools.audit import audit_labels
 
@@ -427,9 +442,10 @@ def audit(argv: list[str] | None = None):
         parser.error(f"--corrupt_labels {args.corrupt_labels} must lie in (0, 1)")
     if args.top < 1:
         parser.error(f"--top {args.top} must be >= 1")
+    if args.relabel and ("+" in args.split or args.max_samples is not None):
+        parser.error("--relabel writes the whole dataset with its --split relabelled: drop --max_samples and joined splits")
     store = TeacherLogitStore.open(args.store)
-    splits = load_image_dataset(args.dataset)
-    dataset = splits[args.split]
+    splits, dataset = _store_source(args, parser)
     wrong = None
     if args.corrupt_labels is not None:
         dataset, wrong = corrupt_labels(dataset, args.corrupt_labels, args.corrupt_seed, label_column=args.label_column)
@@ -488,7 +504,6 @@ def similarity(argv: list[str] | None = None):
     import json
     from pathlib import Path
 
-    from .datasets import load_image_dataset
     from .store.reader import TeacherLogitStore
     from .tools.similarity import class_similarity
 
@@ -497,7 +512,7 @@ def similarity(argv: list[str] | None = None):
     if args.nearest < 1:
         parser.error(f"--nearest {args.nearest} must be >= 1")
     store = TeacherLogitStore.open(args.store)
-    dataset = None if args.dataset == "none" else load_image_dataset(args.dataset)[args.split]
+    dataset = None if args.dataset == "none" else _store_source(args, parser)[1]
     result = class_similarity(store, dataset, label_column=args.label_column, image_column=args.image_column,
                               epochs=args.epochs)  # fmt: skip
     output = Path(args.output_dir)
@@ -557,7 +572,6 @@ def search(argv: list[str] | None = None):
     """`hf-tinyvit search`: returns the `StudentSearch`."""
     import torch
 
-    from .datasets import load_image_dataset
     from .tools.search import ProxySettings, SearchSpace, search_students
 
     parser = search_parser()
@@ -567,7 +581,7 @@ def search(argv: list[str] | None = None):
             parser.error(f"--num_threads {args.num_threads} must be >= 1")
         torch.set_num_threads(args.num_threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("hf_tinyvit.tools.search").setLevel(logging.INFO)
+    log.get_logger("hf_tinyvit.tools.search").setLevel(logging.INFO)
     proxy_fields = {
         "train_samples": args.train_samples, "eval_samples": args.eval_samples, "epochs": args.proxy_epochs,
         "batch_size": args.proxy_batch_size, "learning_rate": args.proxy_learning_rate, "seed": args.proxy_seed,
@@ -577,7 +591,7 @@ def search(argv: list[str] | None = None):
         space = SearchSpace(head_dim=args.head_dim, width_step=args.head_dim, min_width=args.head_dim)
     except ValueError as error:
         parser.error(str(error))
-    dataset = load_image_dataset(args.dataset)[args.split]
+    dataset = _store_source(args, parser)[1]
     result = search_students(
         args.store, dataset, seed=args.seed_config, max_params=args.max_params, min_throughput=args.min_throughput,
         num_candidates=args.candidates, space=space, proxy=proxy, batch_size=args.batch_size, device=args.device,

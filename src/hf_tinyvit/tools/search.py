@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import math
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..log import get_logger
 from ..models.tinyvit import TINYVIT_PRESETS, TinyViTConfig, TinyViTForImageClassification
 from ..models.tinyvit.configuration_tinyvit import SMALL_PRESETS
 
@@ -40,7 +40,7 @@ __all__ = [
     "search_students",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Settings a candidate inherits from the seed configuration (everything that is not searched).
 _INHERITED = (
