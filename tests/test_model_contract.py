@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compat import enable_checkpointing
 from hf_tinyvit.models.deit_distilled import (
     DeiTDistilledConfig,
     DeiTDistilledForImageClassification,
@@ -484,8 +485,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(family):
     plain = scramble(build(family.classifier, config)).train()
     checkpointed = build(family.classifier, config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.activation_checkpointing_enable()
-    assert checkpointed.is_activation_checkpointing
+    enable_checkpointing(checkpointed)
     pixels, labels = family.pixels(4), torch.tensor([0, 1, 2, 3])
     plain_loss = plain(pixels, labels=labels).loss
     plain_loss.backward()
@@ -514,7 +514,7 @@ def test_input_embeddings_let_frozen_models_train_adapters(family):
         else model.deit.layers[1].attention.q_proj.bias
     )
     adapter.requires_grad_(True)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    enable_checkpointing(model, use_reentrant=True)
     model.enable_input_require_grads()
     model(family.pixels(2), labels=torch.tensor([0, 1])).loss.backward()
     assert adapter.grad is not None and adapter.grad.abs().sum() > 0

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import hf_tinyvit.models.tinyvit as tinyvit
+from compat import enable_checkpointing
 from hf_tinyvit.models.tinyvit import (
     TINYVIT_PRESETS,
     TinyViTBackbone,
@@ -217,7 +218,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients():
     plain = randomise(TinyViTForImageClassification(config)).train()
     checkpointed = TinyViTForImageClassification(config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.activation_checkpointing_enable()
+    enable_checkpointing(checkpointed)
     calls = []
     # torch stops a recompute once it has what backward needs, so watch the block's first matmul.
     checkpointed.tinyvit.encoder.stages[2].layers[0].attention.qkv.register_forward_hook(lambda *a: calls.append(1))
