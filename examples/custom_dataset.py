@@ -154,11 +154,10 @@ def markdown(summary: dict) -> str:
         "|---|---|---|---|",
     ]
     for step in summary["steps"]:
-        if "eval_accuracy" not in step:
-            continue
-        agreement = step.get("eval_teacher_agreement")
+        accuracy, agreement = step.get("eval_accuracy"), step.get("eval_teacher_agreement")
+        accuracy = f"{100 * accuracy:.1f}" if accuracy is not None else f"({summary['store_bytes']:,} bytes stored)"
         agreement = "" if agreement is None else f"{100 * agreement:.1f}"
-        lines.append(f"| {step['title']} | {100 * step['eval_accuracy']:.1f} | {agreement} | {step['wall_s']:.0f} |")
+        lines.append(f"| {step['title']} | {accuracy} | {agreement} | {step['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,6 +239,7 @@ def main(argv=None) -> dict:
         "train_images": len(splits["train"]),
         "test_images": len(splits["test"]),
         "teacher_accuracy": teacher["eval_accuracy"],
+        "store_bytes": sum(f.stat().st_size for f in paths["teacher-logits"].rglob("*.parquet")),
         "steps": recipe.steps,
         "total_wall_s": time.perf_counter() - start,
     }

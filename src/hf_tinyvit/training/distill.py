@@ -303,13 +303,13 @@ def _store_label_column(store, dataset_labels, data_args: DataArguments, trainin
     if dataset_labels is None:
         return None
     store_labels = {int(k): v for k, v in store.metadata["id2label"].items()}
-    teacher = f"the store {store.source!r} (teacher {store.metadata.get('teacher_name')!r})"
+    teacher = f"the store {store.source!r}"
     dataset = f"the dataset {data_args.dataset_name!r}"
     mismatch = label_mismatch(store_labels, dataset_labels, teacher=teacher, student=dataset)
     if mismatch is not None and training_args.distillation_type != "stored":
         raise ValueError(
             f"distillation_type={training_args.distillation_type!r} trains a head on the dataset's labels next to "
-            f"the teacher's targets, but {mismatch}. {_LABEL_FIX}"
+            f"the targets of teacher {store.metadata.get('teacher_name')!r}, but {mismatch}. {_LABEL_FIX}"
         )
     if mismatch is not None:
         logger.warning(
@@ -520,15 +520,15 @@ def _distill_streamed(
             )
         image_size, num_labels = recipe.image_size, store.num_labels
         id2label = {int(k): v for k, v in store.metadata["id2label"].items()}
-        same_space = dataset_labels is not None and len(dataset_labels) == num_labels
+        label_column = _store_label_column(store, dataset_labels, data_args, training_args)
+        dataset_labels = dataset_labels if label_column else None  # other classes: nothing to evaluate on
         train_dataset = IterableStoredLogitsDataset(
-            train_stream, store, label_column="label" if same_space else None, shuffle_buffer=buffer
+            train_stream, store, label_column=label_column, shuffle_buffer=buffer
         )
     else:
         if dataset_labels is None:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
-        model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
-        image_size = data_args.image_size or model_size.get("image_size") or 224
+        image_size = data_args.image_size or _default_image_size(model_args)
         num_labels, id2label = len(dataset_labels), dataset_labels
         recipe = AUGMENTATIONS[data_args.augmentation](image_size)
         train_dataset = IterableAugmentedDataset(
