@@ -298,7 +298,7 @@ def _store_label_column(store, dataset_labels, data_args: DataArguments, trainin
     cannot train a class head next to the teacher's targets: refused for every mode that reads labels. A
     stored-logit run reads none, so it trains on the store's classes and skips the evaluation on labels
     that are not its own."""
-    from ..teachers import label_mismatch
+    from ..teachers import label_mismatch, numbered_only
 
     if dataset_labels is None:
         return None
@@ -317,7 +317,7 @@ def _store_label_column(store, dataset_labels, data_args: DataArguments, trainin
             "the dataset's labels", mismatch,
         )  # fmt: skip
         return None
-    if [store_labels[i] for i in sorted(store_labels)] != [dataset_labels[i] for i in sorted(dataset_labels)]:
+    if numbered_only(store_labels) != numbered_only(dataset_labels):
         logger.warning("%s or %s names its classes by number only: the order of the labels cannot be checked",
                        teacher, dataset)  # fmt: skip
     return "label"

@@ -140,14 +140,17 @@ def _name(teacher: nn.Module) -> str:
 def _check_labels(teacher_labels: Mapping | None, student: nn.Module, teacher: str) -> None:
     """Refuse a teacher (live or stored) whose classes differ from the student's by name or order
     (`teachers.check_same_labels`): the teacher's targets would train the student's heads on other classes."""
-    from ..teachers import check_same_labels
+    from ..teachers import check_same_labels, numbered_only
 
-    check_same_labels(
-        teacher_labels, _id2label(student), teacher=teacher, student="the student (config.id2label)",
+    student_labels = _id2label(student)
+    checked = check_same_labels(
+        teacher_labels, student_labels, teacher=teacher, student="the student (config.id2label)",
         fix="Build the student with the teacher's id2label, or fine-tune the teacher on the student's classes "
         "first (hf-tinyvit distill --model_name_or_path <teacher> --distillation_type none --dataset_name <the "
         "student's dataset>); hf-tinyvit distill names the student's classes after the dataset's.",
     )  # fmt: skip
+    if not checked and teacher_labels and student_labels and numbered_only(teacher_labels) != numbered_only(student_labels):
+        logger.warning("%s or the student names its classes by number only: their order cannot be checked", teacher)
 
 
 class DistillationTrainer(Trainer):
