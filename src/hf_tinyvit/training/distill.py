@@ -36,6 +36,7 @@ from ..models.deit_distilled import (
     deit_image_processor,
 )
 from ..models.tinyvit import (
+    SMALL_PRESETS,
     TINYVIT_PRESETS,
     TinyViTConfig,
     TinyViTForImageClassification,
@@ -59,10 +60,15 @@ __all__ = [
 
 logger = get_logger(__name__)
 
+# The TinyViT presets `--model_preset` builds: the published sizes and the small ones for 32-64 px inputs.
+_TINYVIT_PRESETS = {**TINYVIT_PRESETS, **SMALL_PRESETS}
+_PRESETS = sorted(_TINYVIT_PRESETS) + sorted(DEIT_PRESETS)
+
 # Online augmentation presets of `--augmentation`.
 AUGMENTATIONS = {
     "tinyvit": AugmentationRecipe.tinyvit_pretrain,
     "deit": AugmentationRecipe.deit,
+    "digits": AugmentationRecipe.digits,
     "none": AugmentationRecipe.eval,
 }
 
@@ -71,7 +77,7 @@ AUGMENTATIONS = {
 class ModelArguments:
     model_preset: str | None = field(
         default=None,
-        metadata={"help": f"Train from scratch: one of {sorted(TINYVIT_PRESETS) + sorted(DEIT_PRESETS)}."},
+        metadata={"help": f"Train from scratch: one of {_PRESETS}."},
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -85,9 +91,8 @@ class ModelArguments:
     def __post_init__(self):
         if (self.model_preset is None) == (self.model_name_or_path is None):
             raise ValueError("pass exactly one of --model_preset (train from scratch) and --model_name_or_path")
-        known = sorted(TINYVIT_PRESETS) + sorted(DEIT_PRESETS)
-        if self.model_preset is not None and self.model_preset not in known:
-            raise ValueError(f"model_preset={self.model_preset!r}; choose one of {known}")
+        if self.model_preset is not None and self.model_preset not in _PRESETS:
+            raise ValueError(f"model_preset={self.model_preset!r}; choose one of {_PRESETS}")
         parse_config_overrides(self.config_overrides)
 
 
@@ -120,7 +125,8 @@ class DataArguments:
     augmentation: str = field(
         default="tinyvit",
         metadata={
-            "help": "Online augmentation preset: tinyvit (RandAugment, erasing) or deit (+ Mixup/CutMix).",
+            "help": "Online augmentation preset: tinyvit (RandAugment, erasing), deit (+ Mixup/CutMix), digits (milder "
+            "crops, no RandAugment or flips: small glyphs) or none.",
             "choices": sorted(AUGMENTATIONS),
         },
     )
@@ -214,7 +220,7 @@ def build_model(model_args: ModelArguments, image_size: int, num_labels: int, id
         raise ValueError(f"id2label has {len(id2label)} entries for num_labels={num_labels}; expected one per class")
     labels = {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     preset = model_args.model_preset
-    if preset in TINYVIT_PRESETS:
+    if preset in _TINYVIT_PRESETS:
         config = _configured(
             lambda: TinyViTConfig.from_preset(preset, image_size=image_size, **labels, **overrides), overrides,
             set(TinyViTConfig().to_dict()), f"TinyViTConfig ({preset})",
@@ -227,16 +233,94 @@ def build_model(model_args: ModelArguments, image_size: int, num_labels: int, id
         )  # fmt: skip
         return DeiTDistilledForImageClassification(config)
     if preset is not None:
-        raise ValueError(f"model_preset={preset!r}; choose one of {sorted(TINYVIT_PRESETS) + sorted(DEIT_PRESETS)}")
+        raise ValueError(f"model_preset={preset!r}; choose one of {_PRESETS}")
     saved = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
     config = _configured(
         lambda: AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False, **labels, **overrides),
         overrides, set(saved.to_dict()), f"{type(saved).__name__} of {model_args.model_name_or_path}",
     )  # fmt: skip
+    if getattr(config, "model_type", None) == "timm_wrapper":
+        # A timm config saves its classes as `label_names`, and keeps the loaded ones (ImageNet's) over new ones.
+        config.label_names = [id2label[i] for i in range(num_labels)]
     # A new label space (21k -> 1k, ImageNet -> digits) replaces the head; everything else loads strictly.
-    return AutoModelForImageClassification.from_pretrained(
+    model = AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True, trust_remote_code=False
     )
+    saved_size = getattr(model.config, "image_size", None)
+    if isinstance(model, DeiTDistilledForImageClassification) and saved_size not in (image_size, [image_size] * 2):
+        # fine-tuning at another resolution (DeiT 224 -> 384): position embeddings interpolated once
+        logger.info("resizing the position embeddings of %s from %s to %d", model_args.model_name_or_path,
+                    saved_size, image_size)  # fmt: skip
+        model.resize_position_embeddings(image_size)
+    return model
+
+
+def _pretrained_preprocessing(model_name_or_path: str | None) -> dict | None:
+    """The input settings (`teachers.processor_preprocessing`) of a saved model's image processor, or None
+    for a preset or a folder without one."""
+    if model_name_or_path is None:
+        return None
+    from transformers import AutoImageProcessor
+
+    from ..teachers import processor_preprocessing
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+    return processor_preprocessing(processor)
+
+
+def _default_image_size(model_args: ModelArguments) -> int:
+    """The resolution a run trains at without --image_size: a preset's, a saved model's own (its config's
+    `image_size`, else its image processor's), else 224."""
+    if model_args.model_preset is not None:
+        return {**_TINYVIT_PRESETS, **DEIT_PRESETS}[model_args.model_preset].get("image_size", 224)
+    saved = getattr(AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=False), "image_size", None)
+    if isinstance(saved, int):
+        return saved
+    pretrained = _pretrained_preprocessing(model_args.model_name_or_path)
+    size = pretrained and pretrained["size"]
+    return int(size[0]) if size and size[0] == size[1] else 224
+
+
+_LABEL_FIX = (
+    "Fine-tune the teacher on this dataset's classes first (hf-tinyvit distill --model_name_or_path <teacher> "
+    "--distillation_type none --dataset_name <this dataset>) and save its logits again, or pass the dataset the "
+    "teacher was fine-tuned on."
+)
+
+
+def _store_label_column(store, dataset_labels, data_args: DataArguments, training_args) -> str | None:
+    """The dataset's label column when its classes are the store's (names and order), else None.
+
+    The student learns the teacher's classes. Labels of other classes (another order, other names or count)
+    cannot train a class head next to the teacher's targets: refused for every mode that reads labels. A
+    stored-logit run reads none, so it trains on the store's classes and skips the evaluation on labels
+    that are not its own."""
+    from ..teachers import label_mismatch, numbered_only
+
+    if dataset_labels is None:
+        return None
+    store_labels = {int(k): v for k, v in store.metadata["id2label"].items()}
+    teacher = f"the store {store.source!r}"
+    dataset = f"the dataset {data_args.dataset_name!r}"
+    mismatch = label_mismatch(store_labels, dataset_labels, teacher=teacher, student=dataset)
+    if mismatch is not None and training_args.distillation_type != "stored":
+        raise ValueError(
+            f"distillation_type={training_args.distillation_type!r} trains a head on the dataset's labels next to "
+            f"the targets of teacher {store.metadata.get('teacher_name')!r}, but {mismatch}. {_LABEL_FIX}"
+        )
+    if mismatch is not None:
+        logger.warning(
+            "%s. The stored-logit student learns the store's classes from its targets alone; no evaluation runs on "
+            "the dataset's labels", mismatch,
+        )  # fmt: skip
+        return None
+    if numbered_only(store_labels) != numbered_only(dataset_labels):
+        logger.warning("%s or %s names its classes by number only: the order of the labels cannot be checked",
+                       teacher, dataset)  # fmt: skip
+    return "label"
 
 
 def _split(data_args: DataArguments, replaying: bool):
@@ -271,7 +355,25 @@ def eval_transform(model: PreTrainedModel, image_size: int, mean, std):
     recipe = AugmentationRecipe.eval(image_size, mean=mean, std=std)
     if isinstance(model, DeiTDistilledForImageClassification):
         return recipe, deit_image_processor(image_size, recipe.crop_pct, mean=mean, std=std)
+    if getattr(model.config, "model_type", None) == "timm_wrapper":
+        return recipe, _timm_processor(model, recipe)
     return recipe, ViTImageProcessor(**recipe.image_processor_kwargs())
+
+
+def _timm_processor(model: PreTrainedModel, recipe: AugmentationRecipe):
+    """A timm model's image processor lives in its config.json: transformers builds `TimmWrapperImageProcessor`
+    from `pretrained_cfg` for a timm folder and never reads a preprocessor_config.json there. The evaluation
+    transform is written into `pretrained_cfg`, so the saved folder preprocesses as the run evaluated (timm's
+    eval transform: shorter side to size / crop_pct, bicubic, centre crop)."""
+    from transformers import TimmWrapperImageProcessor
+
+    size = recipe.image_size
+    model.config.pretrained_cfg = {
+        **(getattr(model.config, "pretrained_cfg", None) or {}),
+        "input_size": [3, size, size], "mean": list(recipe.mean), "std": list(recipe.std),
+        "crop_pct": recipe.crop_pct, "crop_mode": recipe.crop_mode, "interpolation": recipe.interpolation,
+    }  # fmt: skip
+    return TimmWrapperImageProcessor(pretrained_cfg=model.config.pretrained_cfg, architecture=model.config.architecture)
 
 
 def _crop(recipe: AugmentationRecipe) -> dict:
@@ -364,12 +466,13 @@ def distill(
         image_size = recipe.image_size
         num_labels = store.num_labels
         id2label = {int(k): v for k, v in store.metadata["id2label"].items()}
-        # Ground truth only helps when it lives in the teacher's label space (hard/soft, DeiT class heads).
-        same_space = dataset_labels is not None and len(dataset_labels) == num_labels
-        train_dataset = StoredLogitsDataset(train_split, store, label_column="label" if same_space else None)
+        label_column = _store_label_column(store, dataset_labels, data_args, training_args)
+        if label_column is None:
+            dataset_labels = None  # not the student's classes: no labels to train or evaluate on
+        train_dataset = StoredLogitsDataset(train_split, store, label_column=label_column)
     else:
-        model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
-        image_size = data_args.image_size if data_args.image_size is not None else model_size.get("image_size", 224)
+        pretrained = _pretrained_preprocessing(model_args.model_name_or_path)
+        image_size = data_args.image_size if data_args.image_size is not None else _default_image_size(model_args)
         if dataset_labels is None:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
         num_labels, id2label = len(dataset_labels), dataset_labels
@@ -380,12 +483,9 @@ def distill(
             mixup_alpha=preset.mixup_alpha if training_args.mixup_alpha is None else training_args.mixup_alpha,
             cutmix_alpha=preset.cutmix_alpha if training_args.cutmix_alpha is None else training_args.cutmix_alpha,
         )
-        if model_args.model_name_or_path is not None:
-            from transformers import AutoImageProcessor
-
+        if pretrained is not None:
             # A pretrained model keeps the input normalisation it was trained with.
-            pretrained = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
-            recipe = dataclasses.replace(recipe, mean=tuple(pretrained.image_mean), std=tuple(pretrained.image_std))
+            recipe = dataclasses.replace(recipe, mean=pretrained["mean"], std=pretrained["std"])
         train_dataset = AugmentedDataset(train_split, recipe, seed=training_args.seed, num_labels=num_labels)
 
     return _train(
@@ -420,15 +520,15 @@ def _distill_streamed(
             )
         image_size, num_labels = recipe.image_size, store.num_labels
         id2label = {int(k): v for k, v in store.metadata["id2label"].items()}
-        same_space = dataset_labels is not None and len(dataset_labels) == num_labels
+        label_column = _store_label_column(store, dataset_labels, data_args, training_args)
+        dataset_labels = dataset_labels if label_column else None  # other classes: nothing to evaluate on
         train_dataset = IterableStoredLogitsDataset(
-            train_stream, store, label_column="label" if same_space else None, shuffle_buffer=buffer
+            train_stream, store, label_column=label_column, shuffle_buffer=buffer
         )
     else:
         if dataset_labels is None:
             raise ValueError(f"dataset {data_args.dataset_name!r} has no ClassLabel 'label' column to train on")
-        model_size = TINYVIT_PRESETS.get(model_args.model_preset, DEIT_PRESETS.get(model_args.model_preset, {}))
-        image_size = data_args.image_size or model_size.get("image_size") or 224
+        image_size = data_args.image_size or _default_image_size(model_args)
         num_labels, id2label = len(dataset_labels), dataset_labels
         recipe = AUGMENTATIONS[data_args.augmentation](image_size)
         train_dataset = IterableAugmentedDataset(

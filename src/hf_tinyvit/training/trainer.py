@@ -126,6 +126,33 @@ def _num_labels(module: nn.Module | None) -> int | None:
     return int(value) if value is not None else None
 
 
+def _id2label(module: Any) -> Mapping | None:
+    """The class names a model carries: a `TeacherModel`'s, or its config's."""
+    names = getattr(module, "id2label", None)
+    return names if names is not None else getattr(getattr(module, "config", None), "id2label", None)
+
+
+def _name(teacher: nn.Module) -> str:
+    return str(getattr(teacher, "name", None) or getattr(getattr(teacher, "config", None), "_name_or_path", "")
+               or type(teacher).__name__)  # fmt: skip
+
+
+def _check_labels(teacher_labels: Mapping | None, student: nn.Module, teacher: str) -> None:
+    """Refuse a teacher (live or stored) whose classes differ from the student's by name or order
+    (`teachers.check_same_labels`): the teacher's targets would train the student's heads on other classes."""
+    from ..teachers import check_same_labels, numbered_only
+
+    student_labels = _id2label(student)
+    checked = check_same_labels(
+        teacher_labels, student_labels, teacher=teacher, student="the student (config.id2label)",
+        fix="Build the student with the teacher's id2label, or fine-tune the teacher on the student's classes "
+        "first (hf-tinyvit distill --model_name_or_path <teacher> --distillation_type none --dataset_name <the "
+        "student's dataset>); hf-tinyvit distill names the student's classes after the dataset's.",
+    )  # fmt: skip
+    if not checked and teacher_labels and student_labels and numbered_only(teacher_labels) != numbered_only(student_labels):
+        logger.warning("%s or the student names its classes by number only: their order cannot be checked", teacher)
+
+
 class DistillationTrainer(Trainer):
     """`Trainer` whose `compute_loss` wires a student to its targets for `args.distillation_type`, through
     the one loss router (`hf_tinyvit.losses.distillation_loss`).
@@ -237,6 +264,7 @@ class DistillationTrainer(Trainer):
             from ..store.reader import check_student_compatible
 
             check_student_compatible(store, num_labels)
+            _check_labels(store.metadata.get("id2label"), student, f"the store {getattr(store, 'source', store)!r}")
         self._reconcile_config(getattr(student, "config", None))
         if self.args.layer_lr_decay < 1.0 and not (
             hasattr(student, "get_num_layers_for_lr_decay") and hasattr(student, "get_layer_id_for_lr_decay")
@@ -279,6 +307,7 @@ class DistillationTrainer(Trainer):
                 f"the teacher predicts {teacher_labels} classes but the student's head has "
                 f"num_labels={student_labels}; DeiT's losses compare them class by class"
             )
+        _check_labels(_id2label(teacher), self.accelerator.unwrap_model(self.model), f"the teacher {_name(teacher)!r}")
         teacher.requires_grad_(False)
         teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         teacher.eval()
