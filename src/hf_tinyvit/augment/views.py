@@ -394,8 +394,10 @@ def known_shard_sizes(stream) -> list[int] | None:
         if set(kwargs) == {"shards", "batch_size"}:  # Dataset.to_iterable_dataset
             sizes = [len(shard) for shard in kwargs["shards"]]
         else:
+            from datasets.packaged_modules.parquet.parquet import Parquet
+
             builder = getattr(source.generate_tables_fn, "__self__", None)
-            if type(builder).__name__ != "Parquet" or set(kwargs) != {"files", "row_groups_list"}:
+            if not isinstance(builder, Parquet) or set(kwargs) != {"files", "row_groups_list"}:
                 return None
             if any(groups is not None for groups in kwargs["row_groups_list"]):
                 return None
@@ -468,7 +470,7 @@ class _ShardReader:
         while self._table is None or self.position >= self._start + self._table.num_rows:
             if not self._load():
                 return
-        raise self._mismatch(f"{self.size}+")
+        raise self._mismatch(f"more than {self.size}")
 
 
 def stream_rows(stream, shard_sizes: Sequence[int], ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, dict]]:

@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "SQRT8_SCALE",
+    "TOP1_COLUMN",
     "TOPK_COLUMNS",
     "TOPK_ENCODINGS",
     "check_topk_encoding",
@@ -48,6 +49,8 @@ TOPK_COLUMNS = {
     "float16": ("teacher_topk_values", "teacher_topk_indices"),
     "sqrt8": ("teacher_topk_slots", "teacher_topk_codes"),
 }
+# The column whose first element is the teacher's top-1 class (sqrt8's slot 0 is the one absolute index).
+TOP1_COLUMN = {"float16": "teacher_topk_indices", "sqrt8": "teacher_topk_slots"}
 # float16 rounds each stored probability by at most 2**-11 of itself, so a top-k row sums to at most
 # 1 + 2**-11; anything past this tolerance was not written by a teacher's softmax.
 FLOAT16_MASS_TOLERANCE = 1e-3

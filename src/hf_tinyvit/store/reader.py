@@ -303,7 +303,7 @@ class _EpochReader:
             self._open.move_to_end(number)
             return shard
         try:
-            handle = open(self.files[number], "rb")
+            handle = open(self.files[number], "rb", buffering=0)  # pyarrow buffers; a second buffer would hide changes
         except OSError as error:
             raise FileNotFoundError(f"{self._name(number)} cannot be read: {error}") from None
         try:
