@@ -250,3 +250,5 @@ def test_row_groups_are_read_one_at_a_time_and_a_page_changed_under_a_reader_is_
     with pytest.raises(ValueError, match=rf"{relpath}: its row groups hold \[8, 8\]\.\.\. rows; the format writes "
                                          r"\[16\]"):  # fmt: skip
         TeacherLogitStore.open(path).targets(0, [16])
+    problems = TeacherLogitStore.open(path).verify().problems
+    assert any(f"{relpath}: its row groups hold [8, 8]" in p for p in problems), problems

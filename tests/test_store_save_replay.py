@@ -4,6 +4,7 @@
 import filecmp
 import json
 import os
+import shutil
 import zlib
 
 import datasets
@@ -285,6 +286,28 @@ def test_push_to_hub_uploads_metadata_card_and_complete_shards_only(saved, monke
     assert sorted(commit["paths"]) == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
     card = (hub.repo_dir("someone/digits-logits", "dataset") / "README.md").read_text()
     assert "someone/digits-logits" in card and "license: other" in card
+
+
+def test_a_hub_store_fetches_only_the_epochs_a_run_reads(saved, digits, monkeypatch, tmp_path):
+    from fake_hub import FakeHub
+
+    from hf_tinyvit.training.distill import open_store
+
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    TeacherLogitStore.open(saved["path"]).push_to_hub("me/logits")
+
+    def local_shards(store):
+        return sorted(os.path.relpath(f, store.path) for e in (0, 1) for f in store.shard_files(e) if os.path.exists(f))
+
+    store = TeacherLogitStore.open("me/logits", epochs=[1])
+    assert local_shards(store) == [f"data/epoch_0001/chunk_{c:06d}.parquet" for c in range(3)]
+    assert hub.calls[-1][1]["allow_patterns"] == ["metadata.json", "README.md", "data/epoch_0001/chunk_*.parquet"]
+    assert StoredLogitsDataset(digits, store, epoch=1).items([3])[0]["teacher_topk_values"].shape == (3,)
+    StoredLogitsDataset(digits, store, epoch=0).items([3])  # epoch 0 is fetched when first read
+    assert len(local_shards(store)) == 6
+    shutil.rmtree(tmp_path / "hub" / "downloads")  # a fresh cache: a one-epoch run fetches epoch 0 only
+    args = type("Args", (), {"teacher_logits": "me/logits", "max_steps": -1, "num_train_epochs": 1.0})()
+    assert local_shards(open_store(args)) == [f"data/epoch_0000/chunk_{c:06d}.parquet" for c in range(3)]
 
 
 # ---- the view cache --------------------------------------------------------------------------------------

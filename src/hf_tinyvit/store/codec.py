@@ -157,10 +157,9 @@ def decode_sqrt8(slots: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
     if rest.shape[1]:
         # by decreasing probability (a code's probability grows with the code), ties by class index: one
         # sort of a combined key; a cumulated index stays below 2**40 (k - 1 gaps of at most 2**32 - 1)
-        key = ((SQRT8_SCALE - rest_codes.astype(np.int64)) << 40) + rest
-        order = np.argsort(key, axis=1, kind="stable")
-        rest = np.take_along_axis(rest, order, axis=1)
-        rest_codes = np.take_along_axis(rest_codes, order, axis=1)
+        key = np.sort(((SQRT8_SCALE - rest_codes.astype(np.int64)) << 40) | rest, axis=1)
+        rest = key & ((1 << 40) - 1)
+        rest_codes = (SQRT8_SCALE - (key >> 40)).astype(np.uint8)
     rest_values = _MASS[rest_codes]
     top_value = 1.0 - _MASS[codes[:, 0]] - rest_values.sum(axis=1)
     if rest.shape[1]:

@@ -40,7 +40,14 @@ from .format import (
     topk_row_problem,
 )
 
-__all__ = ["TeacherLogitStore", "check_shard_records", "check_student_compatible", "decode_shard", "shard_schema"]
+__all__ = [
+    "TeacherLogitStore",
+    "check_shard_records",
+    "check_student_compatible",
+    "decode_shard",
+    "planned_row_groups",
+    "shard_schema",
+]
 
 # Decoded row groups kept per epoch reader (their stored columns: sqrt8 codes, not the floats they decode to):
 # enough for a 1k-class epoch (about 60 bytes a record) or a window of a 21k-class one, and a bound on memory
@@ -186,6 +193,16 @@ def _check_seeds(entry: dict[str, Any], seed: int, epoch: int, ids: np.ndarray, 
             f"(CRC-32 {derived:#010x}) are not those it was saved with ({int(entry['aug_seeds']):#010x}): replaying "
             "it would not rebuild the views the teacher saw; read the store with the hf_tinyvit release that wrote it"
         )
+
+
+def planned_row_groups(metadata: dict[str, Any], rows: int) -> list[int]:
+    """The rows of each row group of a shard of `rows` records, as the store's format writes them (format 3:
+    `row_group_rows` each, the last cut short; before: one group)."""
+    if int(metadata["format_version"]) < 3:
+        return [rows] if rows else []
+    size = row_group_rows(int(metadata["topk"]), int(metadata["num_labels"]), topk_encoding(metadata),
+                          int(metadata["chunk_size"]))  # fmt: skip
+    return [min(size, rows - start) for start in range(0, rows, size)]
 
 
 @dataclass
@@ -351,7 +368,7 @@ class _EpochReader:
             raise ValueError(f"{where}: the shard holds records of epoch {other}; it sits where epoch {self.epoch} belongs")
         _check_ids(ids, self.expected_ids(number), number, where)
         groups = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
-        planned = [min(self.group_rows, len(ids) - start) for start in range(0, len(ids), self.group_rows)]
+        planned = planned_row_groups(self.metadata, len(ids))
         if groups != planned and len(ids):
             raise _damaged(where, self.path, f"its row groups hold {groups[:4]}... rows; the format writes {planned[:4]}...")
         if entry is not None and "aug_seeds" in entry:

@@ -82,6 +82,14 @@ def check_teacher_logits(
     return {"epoch": epoch, "num_checked": count, "max_abs_diff": max_diff, "index_mismatches": mismatches}
 
 
+def _row_groups(data: bytes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    footer = pq.ParquetFile(pa.BufferReader(data)).metadata
+    return [footer.row_group(g) for g in range(footer.num_row_groups)]
+
+
 @dataclass
 class VerifyReport:
     """What `verify_store` found: `problems` (damage: the store is not OK), `unlisted` (files the metadata
@@ -134,7 +142,7 @@ def verify_store(path: str, dataset=None, *, image_column: str = "image") -> Ver
         shard_relpath,
     )
     from .lock import WriterLock
-    from .reader import _local_or_download, check_shard_records, decode_shard
+    from .reader import _local_or_download, check_shard_records, decode_shard, planned_row_groups
 
     started = time.perf_counter()
     report = VerifyReport(path=str(path))
@@ -196,6 +204,10 @@ def verify_store(path: str, dataset=None, *, image_column: str = "image") -> Ver
             try:
                 shard = decode_shard(data, metadata, epoch, where, path)
                 check_shard_records(shard, metadata, epoch, chunk, where, order=order, partners=partners, entry=entry)
+                groups = [g.num_rows for g in _row_groups(data)]
+                if groups != planned_row_groups(metadata, len(shard["sample_id"])):
+                    raise ValueError(f"{where}: its row groups hold {groups[:4]}... rows; the format writes "
+                                     f"{planned_row_groups(metadata, len(shard['sample_id']))[:4]}...")  # fmt: skip
             except ValueError as error:
                 problem(str(error))
                 continue
