@@ -53,40 +53,48 @@ def read_bytes(path: str) -> bytes:
 
 
 class ChecksOff:
-    """Within the block, the store reader reads shards as it does, without the checks: the same bytes read
-    and decoded, no sha256, no schema or row checks. Only the checks differ between the two sides."""
+    """Within the block, the store reader reads shards as it does, without the checks: the same row groups read
+    and decoded, no sha256, no schema, layout, id, seed or row checks. Only the checks differ between the two
+    sides."""
 
     def __enter__(self):
         from hf_tinyvit.store import reader
 
-        self.saved = (reader.decode_shard, reader._EpochReader._read)
+        self.saved = (reader.decode_shard, reader._EpochReader._verify, reader._check_rows)
         reader.decode_shard = plain_decode
-        reader._EpochReader._read = lambda self, number: read_bytes(self.files[number])
+        reader._EpochReader._verify = lambda self, number, data: None
+        reader._check_rows = lambda *args: None
 
     def __exit__(self, *exc):
         from hf_tinyvit.store import reader
 
-        reader.decode_shard, reader._EpochReader._read = self.saved
+        reader.decode_shard, reader._EpochReader._verify, reader._check_rows = self.saved
 
 
 def synthetic_shard(folder: str, rows: int, topk: int, num_labels: int, seed: int = 0):
     """One shard of `rows` records of real top-k teacher probabilities (softmax of random logits)."""
     from hf_tinyvit import AugmentationRecipe
-    from hf_tinyvit.store.format import FORMAT_VERSION, shard_entry, shard_table, store_features, topk_probabilities
+    from hf_tinyvit.store.codec import encode_topk
+    from hf_tinyvit.store.format import (
+        FORMAT_VERSION,
+        metadata_features,
+        row_group_rows,
+        shard_entry,
+        shard_table,
+        teacher_topk,
+    )
     from hf_tinyvit.store.writer import write_shard
 
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(rows, num_labels, generator=generator) * 3
-    values, indices = topk_probabilities(logits, topk)
+    values, indices = teacher_topk(logits, topk)
     ids = np.arange(rows)
-    table = shard_table(
-        store_features(topk, num_labels, with_partner=False, with_digest=True), ids, 0,
-        np.arange(rows, dtype=np.uint32), values.numpy(), indices.numpy(), digests=np.arange(rows, dtype=np.uint32),
-    )  # fmt: skip
-    path = os.path.join(folder, f"k{topk}.parquet")
-    sha256, size = write_shard(path, table)
-    metadata = {"topk": topk, "num_labels": num_labels, "format_version": FORMAT_VERSION,
+    metadata = {"topk": topk, "num_labels": num_labels, "format_version": FORMAT_VERSION, "topk_encoding": "float16",
                 "recipe": AugmentationRecipe(image_size=32).to_dict()}  # fmt: skip
+    columns = encode_topk(values.numpy(), indices.numpy(), num_labels, "float16")
+    table = shard_table(metadata_features(metadata), ids, 0, columns, digests=np.arange(rows, dtype=np.uint32))
+    path = os.path.join(folder, f"k{topk}.parquet")
+    sha256, size = write_shard(path, table, row_group_size=row_group_rows(topk, num_labels, "float16", rows))
     return path, metadata, shard_entry(path, 0, 0, rows, sha256=sha256, size=size)
 
 
@@ -101,8 +109,8 @@ def storage_costs(records: int) -> list[dict]:
     return [
         {
             "topk": k, "num_labels": num_labels, "official": 4 + 4 * k, "metadata_per_record": line / 16384,
-            "format1": bytes_per_record(k, num_labels, records, 16384, with_digest=False),
-            "format2": bytes_per_record(k, num_labels, records, 16384, with_digest=True),
+            "format1": bytes_per_record(k, num_labels, records, 16384, with_digest=False, with_seed=True),
+            "format2": bytes_per_record(k, num_labels, records, 16384, with_digest=True, with_seed=True),
         }  # fmt: skip
         for k, num_labels in ((10, 1000), (100, 21841))
     ]

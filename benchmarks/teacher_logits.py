@@ -25,9 +25,16 @@ from hf_tinyvit import (
     augmentation_seed,
     collate_views,
     save_teacher_logits,
-    topk_probabilities,
 )
-from hf_tinyvit.store.format import shard_relpath, shard_table, store_features
+from hf_tinyvit.store.codec import encode_topk
+from hf_tinyvit.store.format import (
+    row_group_rows,
+    seeds_checksum,
+    shard_relpath,
+    shard_table,
+    store_features,
+    teacher_topk,
+)
 from hf_tinyvit.store.writer import write_shard
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,24 +53,32 @@ def teacher_like_logits(generator: torch.Generator, batch: int, num_labels: int)
     return logits
 
 
-def bytes_per_record(k: int, num_labels: int, num_records: int, chunk_size: int, with_digest: bool = True) -> float:
-    """Shard bytes per record; `with_digest`: store format 2's per-record image digest column (format 1 has none)."""
+def bytes_per_record(
+    k: int, num_labels: int, num_records: int, chunk_size: int, with_digest: bool = True, *, with_seed: bool = False,
+    encoding: str = "float16",
+) -> float:
+    """Shard bytes per record as the writer lays them out: `with_digest`, the per-record image digest column
+    (formats 2 and 3); `with_seed`, the per-record augmentation seed (formats 1 and 2); `encoding` of the top-k
+    (format 3: float16 or sqrt8, with its row groups; row groups of whole shards when `with_seed`)."""
     generator = torch.Generator().manual_seed(k)
-    features = store_features(k, num_labels, with_partner=False, with_digest=with_digest)
+    features = store_features(k, num_labels, with_partner=False, with_digest=with_digest, topk_encoding=encoding,
+                              with_seed=with_seed)  # fmt: skip
+    group_rows = None if with_seed else row_group_rows(k, num_labels, encoding, chunk_size)
     folder = tempfile.mkdtemp()
     try:
         for chunk in range(0, num_records, chunk_size):
             ids = np.arange(chunk, min(chunk + chunk_size, num_records))
             # Slices keep a 16384 x 21841 float32 logit matrix (1.4 GB) from ever existing at once.
             slices = np.array_split(ids, -(-len(ids) // 2048))
-            parts = [topk_probabilities(teacher_like_logits(generator, len(s), num_labels), k) for s in slices]
+            parts = [teacher_topk(teacher_like_logits(generator, len(s), num_labels), k) for s in slices]
             values, indices = torch.cat([v for v, _ in parts]), torch.cat([i for _, i in parts])
-            seeds = np.array([augmentation_seed(0, 3, i) for i in ids], dtype=np.uint32)
+            seeds = np.array([augmentation_seed(0, 3, i) for i in ids], dtype=np.uint32) if with_seed else None
             # image digests are CRC-32s of distinct images: random 32-bit words, incompressible
             digests = torch.randint(0, 2**32, (len(ids),), generator=generator, dtype=torch.int64).numpy()
             digests = digests if with_digest else None
-            table = shard_table(features, ids, 3, seeds, values.numpy(), indices.numpy(), digests=digests)
-            write_shard(os.path.join(folder, shard_relpath(3, chunk // chunk_size)), table)
+            columns = encode_topk(values.numpy(), indices.numpy(), num_labels, encoding)
+            table = shard_table(features, ids, 3, columns, aug_seeds=seeds, digests=digests)
+            write_shard(os.path.join(folder, shard_relpath(3, chunk // chunk_size)), table, row_group_size=group_rows)
         total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     finally:
         shutil.rmtree(folder)
@@ -118,15 +133,17 @@ def saving_overhead(dataset, recipe: AugmentationRecipe, batches: int, batch_siz
         start = time.perf_counter()
         outputs = [teacher(x) for x in pixel_batches]
         forward = time.perf_counter() - start
-    features = store_features(10, 1000, with_partner=False)
+    features = store_features(10, 1000, with_partner=False, with_digest=True, with_seed=False)
     folder = tempfile.mkdtemp()
     try:
         start = time.perf_counter()
-        values, indices = zip(*(topk_probabilities(logits, 10) for logits in outputs))
+        values, indices = zip(*(teacher_topk(logits, 10) for logits in outputs))
         ids = np.arange(batches * batch_size)
-        seeds = np.array([augmentation_seed(0, 0, i) for i in ids], dtype=np.uint32)
-        table = shard_table(features, ids, 0, seeds, torch.cat(values).numpy(), torch.cat(indices).numpy())
-        write_shard(os.path.join(folder, shard_relpath(0, 0)), table)
+        digests = np.arange(len(ids), dtype=np.uint32)  # computed per image while rendering, not here
+        columns = encode_topk(torch.cat(values).numpy(), torch.cat(indices).numpy(), 1000, "float16")
+        table = shard_table(features, ids, 0, columns, digests=digests)
+        write_shard(os.path.join(folder, shard_relpath(0, 0)), table, row_group_size=row_group_rows(10, 1000, "float16", len(ids)))
+        seeds_checksum(0, 0, ids)
         storing = time.perf_counter() - start
     finally:
         shutil.rmtree(folder)

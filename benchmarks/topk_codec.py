@@ -1,8 +1,9 @@
-"""Smaller records: the `sqrt8` top-k encoding (src/hf_tinyvit/store/codec.py) against today's float16 columns,
-in Parquet bytes per record (real shards written by `write_shard` with the writer's encodings, the records'
-sample id, epoch and augmentation seed included) against the official `4 + 4k`, and the error it adds:
-max |p - p'| and the KL divergence of the rebuilt distribution (`sparse_to_dense`) from the one the teacher's
-float32 top-k gives, beside the KL that keeping only the top k costs in the first place.
+"""Smaller records: the `sqrt8` top-k encoding (src/hf_tinyvit/store/codec.py) against the float16 columns, in
+Parquet bytes per record of real shards (`shard_table` + `write_shard` with the writer's encodings and row groups,
+every column of a record included: sample id, epoch, image digest, and in format 2 the augmentation seed)
+against the official `4 + 4k`, and the error it adds: max |p - p'| and the KL divergence of the rebuilt
+distribution (`sparse_to_dense`) from the one the teacher's float32 top-k gives, beside the KL that keeping only
+the top k costs in the first place.
 
 Teachers: synthetic peaked outputs (one confident class over a Gaussian floor: class indices uniformly
 random, the hardest case for coding indices) at k = 10 of 1,000 and k = 100 of 21,841 classes, and the
@@ -21,36 +22,40 @@ import tempfile
 import time
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_info, machine_slug  # noqa: E402
 from hf_tinyvit import augmentation_seed  # noqa: E402
-from hf_tinyvit.store.codec import decode_sqrt8, encode_sqrt8  # noqa: E402
-from hf_tinyvit.store.format import sparse_to_dense  # noqa: E402
+from hf_tinyvit.store.codec import decode_sqrt8, encode_sqrt8, encode_topk  # noqa: E402
+from hf_tinyvit.store.format import shard_table, sparse_to_dense  # noqa: E402
 from hf_tinyvit.store.writer import write_shard  # noqa: E402
 from teacher_logits import teacher_like_logits  # noqa: E402
 
 
-def shard_bytes_per_record(values: np.ndarray, indices: np.ndarray) -> float:
-    """Bytes per record of one shard holding these top-k columns beside today's other columns, written by
-    `write_shard` (zstd 9, delta-packed ids, byte-stream-split list elements)."""
+def shard_bytes_per_record(values: np.ndarray, indices: np.ndarray, num_labels: int, encoding: str, version: int) -> float:
+    """Bytes per record of shards of 16,384 records holding this float32 top-k, as store format `version` writes
+    them (format 2: float16 only, a per-record seed, one row group; format 3: either encoding, no seed, the
+    format's row groups). Image digests are random bits, as a CRC-32 of distinct images is."""
+    from hf_tinyvit.store.format import row_group_rows, store_features
+
     n, k = values.shape
-    ids = np.arange(n, dtype=np.int64)
-    table = pa.table(
-        {
-            "sample_id": pa.array(ids),
-            "epoch": pa.array(np.zeros(n, dtype=np.int32)),
-            "aug_seed": pa.array(np.array([augmentation_seed(0, 0, i) for i in ids], dtype=np.uint32)),
-            "teacher_topk_values": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), k),
-            "teacher_topk_indices": pa.FixedSizeListArray.from_arrays(pa.array(indices.ravel()), k),
-        }
-    )
+    chunk = min(n, 16384)
+    features = store_features(k, num_labels, with_partner=False, with_digest=True, topk_encoding=encoding,
+                              with_seed=version == 2)  # fmt: skip
+    digests = np.random.default_rng(0).integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)
+    total = 0
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "shard.parquet")
-        write_shard(path, table)
-        return os.path.getsize(path) / n
+        for start in range(0, n, chunk):
+            ids = np.arange(start, min(start + chunk, n), dtype=np.int64)
+            seeds = np.array([augmentation_seed(0, 0, int(i)) for i in ids], dtype=np.uint32) if version == 2 else None
+            columns = encode_topk(values[ids], indices[ids], num_labels, encoding)
+            table = shard_table(features, ids, 0, columns, aug_seeds=seeds, digests=digests[ids])
+            path = os.path.join(folder, f"{start}.parquet")
+            rows = None if version == 2 else row_group_rows(k, num_labels, encoding, chunk)
+            write_shard(path, table, row_group_size=rows)
+            total += os.path.getsize(path)
+    return total / n
 
 
 def kl_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -121,15 +126,18 @@ def real_teacher_probs(views: int) -> torch.Tensor:
 
 def row(name: str, probs: torch.Tensor, k: int) -> dict:
     num_labels = probs.shape[1]
-    values, indices = probs.float().topk(k, dim=1)
-    values16 = values.half().numpy()
-    slots, codes = encode_sqrt8(values.numpy(), indices.numpy(), num_labels)
-    today = shard_bytes_per_record(values16, indices.numpy().astype(slots.dtype))
-    coded = shard_bytes_per_record(codes, slots)
+    values, indices = (a.numpy() for a in probs.float().topk(k, dim=1))
     official = 4 + 4 * k
+    sizes = {
+        "format2_float16_bytes": shard_bytes_per_record(values, indices, num_labels, "float16", 2),
+        "float16_bytes": shard_bytes_per_record(values, indices, num_labels, "float16", 3),
+        "sqrt8_bytes": shard_bytes_per_record(values, indices, num_labels, "sqrt8", 3),
+    }
     result = {
         "teacher": name, "k": k, "num_labels": num_labels, "records": len(probs), "official_bytes": official,
-        "float16_bytes": today, "sqrt8_bytes": coded, "sqrt8_ratio_to_official": coded / official,
+        **sizes, "float16_ratio_to_official": sizes["float16_bytes"] / official,
+        "sqrt8_ratio_to_official": sizes["sqrt8_bytes"] / official,
+        "sqrt8_without_digest_ratio": (sizes["sqrt8_bytes"] - 4) / official,
         **errors(probs, k),
     }  # fmt: skip
     print(json.dumps(result), flush=True)
@@ -141,27 +149,39 @@ def markdown(results: dict) -> str:
     lines = [
         "# Top-k encodings: bytes per record and the error they add",
         "",
-        f"`{results['command']}` on {info['cpu']} ({info['cpu_count']} cores), {results['seconds']:.0f} s. Bytes: one "
-        "Parquet shard per row written by `write_shard` (today's encodings: zstd 9, byte-stream split list "
-        "elements), with the record's sample id, epoch and 4-byte augmentation seed, divided by the records. "
-        "Errors: against the distribution rebuilt (`sparse_to_dense`) from the teacher's float32 top-k; the "
-        "truncation KL is what keeping only the top k costs against the full softmax, for scale. The sqrt8 codes are "
-        "computed from the float32 top-k (phase 2 wires the codec in before the float16 cast).",
+        f"`{results['command']}` on {info['cpu']} ({info['cpu_count']} cores), {results['seconds']:.0f} s. Bytes: "
+        "Parquet shards of 16,384 records written by `shard_table` + `write_shard` as `save_teacher_logits` writes "
+        "them (zstd 9, byte-stream-split list elements), every column of a record included (sample id, epoch, the "
+        "4-byte image digest, and in format 2 the 4-byte augmentation seed), divided by the records. Format 3 drops "
+        "the seed (derived from (seed, epoch, sample id); each shard's metadata line keeps a CRC-32 of its derived "
+        "seeds) and writes row groups of about 1 MiB of top-k data. Errors: against the distribution rebuilt "
+        "(`sparse_to_dense`) from the teacher's float32 top-k; the truncation KL is what keeping only the top k "
+        "costs against the full softmax, for scale. The sqrt8 codes are computed from the float32 top-k, as the "
+        "writer does.",
         "",
-        "| teacher | k of classes | records | official 4 + 4k | float16 (today) | sqrt8 | sqrt8 / official | "
-        "max abs p error, float16 / sqrt8 | mean KL float16 (rows with a finite one) / sqrt8 (max sqrt8) | "
-        "float16 rows whose leftover mass rounds away | top-k truncation KL | top-1 kept |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher | k of classes | records | official 4 + 4k | format 2 float16 | format 3 float16 | format 3 sqrt8 | "
+        "float16 / official | sqrt8 / official | max abs p error, float16 / sqrt8 | mean KL float16 (rows with a "
+        "finite one) / sqrt8 (max sqrt8) | float16 rows whose leftover mass rounds away | top-k truncation KL | "
+        "top-1 kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['teacher']} | {r['k']} of {r['num_labels']:,} | {r['records']:,} | {r['official_bytes']} B | "
-            f"{r['float16_bytes']:.1f} B | {r['sqrt8_bytes']:.1f} B | {r['sqrt8_ratio_to_official']:.3f} | "
+            f"{r['format2_float16_bytes']:.1f} B | {r['float16_bytes']:.1f} B | {r['sqrt8_bytes']:.1f} B | "
+            f"{r['float16_ratio_to_official']:.3f} | {r['sqrt8_ratio_to_official']:.3f} | "
             f"{r['float16_max_abs']:.1e} / {r['sqrt8_max_abs']:.1e} | "
             f"{r['float16_kl_mean']:.1e} / {r['sqrt8_kl_mean']:.1e} ({r['sqrt8_kl_max']:.1e}) | "
             f"{100 * r['float16_rows_leftover_lost']:.2f}% | {r['truncation_kl_mean']:.3f} | "
             f"{100 * r['sqrt8_top1_kept']:.1f}% |"
         )
+    lines += [
+        "",
+        "Without the image digest (4 random bytes a record that integrity checks need, and that no encoding of the "
+        "top-k can shrink), sqrt8 / official would be "
+        + ", ".join(f"{r['sqrt8_without_digest_ratio']:.3f} ({r['teacher']}, k = {r['k']})" for r in results["rows"])
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -114,6 +114,9 @@ class DemoArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split (CI's short run)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the test split (CI's short run)."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers per run."})
+    topk_encoding: str = field(
+        default="float16", metadata={"help": "How the store encodes the top-k: float16, or the quantised sqrt8."}
+    )
 
     def __post_init__(self):
         if self.seeds < 1:
@@ -233,7 +236,7 @@ def run_seed(seed: int, demo: DemoArguments, data, work: Path) -> dict:
     save_teacher_logits(
         teacher, train, str(store_dir), recipe=recipe, topk=demo.topk, num_epochs=demo.stored_epochs,
         seed=seed, batch_size=256, teacher_name="test_resnet-digits", id2label=id2label, progress=False,
-        view_cache=views,
+        view_cache=views, topk_encoding=demo.topk_encoding,
     )
     out["logit_saving_s"] = time.perf_counter() - start
     out["store_bytes"] = sum(f.stat().st_size for f in store_dir.rglob("*.parquet"))

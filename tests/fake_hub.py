@@ -85,9 +85,10 @@ class FakeHub:
         self.calls.append(("snapshot_download", {"repo_id": repo_id, "repo_type": repo_type}))
         if not allow_patterns:
             return str(folder)
-        # Only the files the caller asked for, as the real download would fetch them.
+        # Only the files the caller asked for, as the real download would fetch them; later calls add files to the
+        # same snapshot folder, as the real one does for one revision.
         local = self.root / "downloads" / (repo_type or "model") / repo_id
-        shutil.rmtree(local, ignore_errors=True)
+        self.calls.append(("snapshot_files", {"repo_id": repo_id, "allow_patterns": list(allow_patterns)}))
         for name in self.files(repo_id, repo_type):
             if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
                 (local / name).parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from hf_tinyvit import (
     save_teacher_logits,
     sparse_to_dense,
 )
+from hf_tinyvit.store.format import FORMAT_VERSION
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIZE = 16
@@ -137,15 +138,14 @@ POISONS = {
 
 
 @pytest.mark.parametrize("kind", sorted(POISONS))
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_poisoned_row_stops_the_read_naming_file_epoch_and_sample(kind, version, store, tmp_path):
     change, reason = POISONS[kind]
-    path = v1_copy(tmp_path) if version == 1 else tmp_path / "v2"
-    if version == 2:
-        shutil.copytree(store, path)
+    path = tmp_path / f"v{version}"
+    shutil.copytree({1: FIXTURES / "store_v1", 2: FIXTURES / "store_v2", 3: store}[version], path)
     relpath = "data/epoch_0001/chunk_000001.parquet"
     sample_id = poison(path, relpath, row=1, **change)
-    if version == 2:
+    if version >= 2:
         reseal(path, relpath)
     before = snapshot(path)
     opened = TeacherLogitStore.open(str(path))  # rows are checked where they are read, not at open
@@ -228,7 +228,9 @@ def test_every_damage_is_named_by_verify(store, tmp_path, capsys):
 
     report = cli(["verify", str(store)])
     assert report.ok and report.records_checked == 2 * NUM_IMAGES and report.shards_checked == 8
-    assert capsys.readouterr().out.startswith(f"OK: store {str(store)!r} (format 2): checked 8 shards, 260 records")
+    assert capsys.readouterr().out.startswith(
+        f"OK: store {str(store)!r} (format {FORMAT_VERSION}): checked 8 shards, 260 records"
+    )
     damages = {
         "truncated": (lambda f: f.write_bytes(f.read_bytes()[:-7]), r"holds \d+ bytes; the metadata says"),
         "bit flip": (flip_a_bit, r"its sha256 .* differs from the metadata's"),
@@ -367,10 +369,14 @@ def test_an_epoch_copied_over_another_is_named(tmp_path):
 
 
 def test_a_sample_recorded_twice_is_named(tmp_path):
-    path = v1_copy(tmp_path)  # format 1: no checksum to catch it first; epochs pair samples differently
-    shutil.copy(path / "data/epoch_0000/chunk_000000.parquet", path / "data/epoch_0001/chunk_000000.parquet")
-    with pytest.raises(ValueError, match=r"epoch 1: data/epoch_0001/chunk_000001\.parquet: sample_id=\d+ has a "
-                                         r"record in two places"):  # fmt: skip
+    path = v1_copy(tmp_path)  # format 1: no checksum to catch it first
+    relpath = "data/epoch_0001/chunk_000000.parquet"
+    table = pq.read_table(path / relpath)
+    twice = table.column("sample_id")[0].as_py()
+    pq.write_table(pa.concat_tables([table.slice(0, 1), table.slice(0, 1), table.slice(2)]), path / relpath)
+    with pytest.raises(ValueError, match=rf"epoch 1: data/epoch_0001/chunk_000000\.parquet: holds 4 records whose "
+                                         rf"sample ids are not the 4 of chunk 0: no record for sample_id=\d+ \(1 "
+                                         rf"missing\); sample_id={twice} has a record in two places"):  # fmt: skip
         TeacherLogitStore.open(str(path)).lookup(1, range(6))
 
 

@@ -1,7 +1,7 @@
 """Format stability: a store written by an older release (tests/fixtures/store_v1, hf_tinyvit 0.1.0,
-format 1) and one written in format 2 (tests/fixtures/store_v2) open with today's code, replay
-bitwise-identical views and read the same targets; a store from a newer release is refused with a message
-that says so."""
+format 1), one written in format 2 (tests/fixtures/store_v2) and two in format 3 (store_v3: float16,
+store_v3_sqrt8: the quantised encoding) open with today's code, replay bitwise-identical views and read the
+same targets; a store from a newer release is refused with a message that says so."""
 
 import json
 import shutil
@@ -51,7 +51,7 @@ def test_a_version_1_store_replays_bitwise_and_reads_the_same_targets():
 
 
 def test_a_version_2_store_replays_bitwise_and_verifies_every_shard_and_image():
-    assert FORMAT_VERSION == 2 and SUPPORTED_FORMAT_VERSIONS == (1, 2)
+    assert 2 in SUPPORTED_FORMAT_VERSIONS
     store = TeacherLogitStore.open(FIXTURES / "store_v2")
     metadata = store.metadata
     assert metadata["format_version"] == 2 and store.epochs == [0, 1] and store.has_image_digests
@@ -72,6 +72,30 @@ def test_a_version_2_store_replays_bitwise_and_verifies_every_shard_and_image():
     report = store.verify(dataset)
     assert report.ok and (report.shards_checked, report.records_checked, report.images_checked) == (4, 12, 6)
     assert report.unlisted == [] and report.notes == []
+
+
+@pytest.mark.parametrize("name, encoding", [("store_v3", "float16"), ("store_v3_sqrt8", "sqrt8")])
+def test_a_version_3_store_replays_bitwise_in_either_encoding_and_verifies(name, encoding):
+    assert FORMAT_VERSION == 3 and SUPPORTED_FORMAT_VERSIONS == (1, 2, 3)
+    store = TeacherLogitStore.open(FIXTURES / name)
+    metadata = store.metadata
+    assert metadata["format_version"] == 3 and store.topk_encoding == encoding and store.has_image_digests
+    columns = ("teacher_topk_values", "teacher_topk_indices") if encoding == "float16" else (
+        "teacher_topk_slots", "teacher_topk_codes")  # fmt: skip
+    assert list(store.lookup(0, [0])) == ["sample_id", "epoch", *columns, "mix_partner", "image_digest"]
+    assert all(isinstance(entry["aug_seeds"], int) for entry in metadata["shards"])
+    # the same images, teacher, recipe and seed as store_v1: the same views; float16 holds the same targets,
+    # sqrt8 the decoded codes of the teacher's float32 top-k (recorded when the fixture was written)
+    expected = load_file(str(FIXTURES / "store_v1_expected.safetensors"))
+    if encoding == "sqrt8":
+        expected.update(load_file(str(FIXTURES / "store_v3_sqrt8_expected.safetensors")))
+    dataset = fixture_dataset()
+    for epoch in store.epochs:
+        items = StoredLogitsDataset(dataset, store, epoch=epoch).items(list(range(len(dataset))))
+        for key in ("pixel_values", "teacher_topk_values", "teacher_topk_indices"):
+            assert torch.equal(torch.stack([item[key] for item in items]), expected[f"epoch{epoch}/{key}"]), key
+    report = store.verify(dataset)
+    assert report.ok and (report.shards_checked, report.records_checked, report.images_checked) == (4, 12, 6)
 
 
 def test_a_store_from_a_newer_release_is_refused_by_name(tmp_path):

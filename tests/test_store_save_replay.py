@@ -4,6 +4,8 @@
 import filecmp
 import json
 import os
+import shutil
+import zlib
 
 import datasets
 import numpy as np
@@ -95,15 +97,21 @@ def test_store_layout_metadata_and_datasets_loading(saved, digits):
     assert epoch1.num_rows == 40 and sorted(epoch1["sample_id"]) == list(range(40)) and set(epoch1["epoch"]) == {1}
     assert epoch1.features["teacher_topk_values"].feature.dtype == "float16"
     assert epoch1.features["teacher_topk_indices"].feature.dtype == "uint8"  # 10 classes fit in a byte
-    # the augmentation encoding is the per-record seed, derived from (seed, epoch, sample_id) alone
-    assert epoch1["aug_seed"] == [augmentation_seed(0, 1, i) for i in epoch1["sample_id"]]
+    # the augmentation encoding is the per-record seed, derived from (seed, epoch, sample_id) alone: format 3 keeps
+    # no copy per record, only a CRC-32 of each shard's derived seeds in its metadata line
+    assert "aug_seed" not in epoch1.features and metadata["topk_encoding"] == "float16"
+    for entry in metadata["shards"]:
+        ids = range(entry["chunk"] * 16, min(40, entry["chunk"] * 16 + 16))
+        seeds = np.array([augmentation_seed(0, entry["epoch"], i) for i in ids], dtype="<u4")
+        assert entry["aug_seeds"] == zlib.crc32(seeds.tobytes())
     values = np.array(epoch1["teacher_topk_values"], dtype=np.float32)
     assert values.shape == (40, 3) and np.all(np.diff(values, axis=1) <= 0) and np.all(values.sum(1) <= 1.001)
     streamed = next(iter(store.load([1], streaming=True)["epoch_1"]))
     assert streamed["sample_id"] == epoch1[0]["sample_id"] and len(streamed["teacher_topk_values"]) == 3
     # the dataset card maps one split per epoch, so the folder (or its Hub repo) loads by name
     by_card = datasets.load_dataset(path, cache_dir=saved["cache"])
-    assert sorted(by_card) == ["epoch_0", "epoch_1"] and by_card["epoch_0"]["aug_seed"] == loaded["epoch_0"]["aug_seed"]
+    assert sorted(by_card) == ["epoch_0", "epoch_1"]
+    assert by_card["epoch_0"]["teacher_topk_values"] == loaded["epoch_0"]["teacher_topk_values"]
 
 
 def test_replay_gives_the_teacher_its_own_targets_back(saved, digits):
@@ -241,21 +249,20 @@ def test_missing_records_and_shards_are_named(saved, digits, tmp_path):
     with pytest.raises(ValueError, match=r"epoch 1: data/epoch_0001/chunk_000001\.parquet: it holds \d+ bytes; the "
                                          r"metadata says \d+: the shard is damaged"):  # fmt: skip
         TeacherLogitStore.open(copy, cache_dir=str(tmp_path / "cache"))
-    # a format 1 store records no sizes: the missing record is named when it is read
-    metadata = json.loads(open(os.path.join(copy, "metadata.json")).read())
-    for field in ("shards", "image_digest", "metadata_sha256"):
-        metadata.pop(field)
-    with open(os.path.join(copy, "metadata.json"), "w") as handle:
-        json.dump({**metadata, "format_version": 1}, handle)
-    for epoch in (0, 1):
-        for chunk in range(3):
-            name = os.path.join(copy, f"data/epoch_{epoch:04d}/chunk_{chunk:06d}.parquet")
-            pq.write_table(pq.read_table(name).drop_columns(["image_digest"]), name)
-    store = TeacherLogitStore.open(copy, cache_dir=str(tmp_path / "cache"))
-    replay = StoredLogitsDataset(digits, store, epoch=1)
-    replay[19]
-    with pytest.raises(KeyError, match="no record for sample_id=20 in epoch 1"):
-        replay[20]
+    # a format 1 store records no sizes: a shard that lacks a record of its chunk is refused when it is read,
+    # naming the record; the other shards still read
+    old = tmp_path / "v1"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "fixtures", "store_v1"), old)
+    shard = old / "data/epoch_0001/chunk_000001.parquet"
+    table = pq.read_table(shard)
+    missing = table.column("sample_id")[0].as_py()
+    pq.write_table(table.slice(1), shard)
+    store = TeacherLogitStore.open(str(old))
+    kept = [i for i in range(6) if i not in pq.read_table(shard).column("sample_id").to_pylist() and i != missing]
+    store.lookup(1, kept)
+    with pytest.raises(ValueError, match=rf"chunk_000001\.parquet: holds 1 records whose sample ids are not the 2 of "
+                                         rf"chunk 1: no record for sample_id={missing} \(1 missing\)"):  # fmt: skip
+        store.lookup(1, [missing])
     os.remove(os.path.join(copy, "data/epoch_0000/chunk_000002.parquet"))
     with pytest.raises(FileNotFoundError, match="epoch 0 but 1 shard"):
         TeacherLogitStore.open(copy)
@@ -279,6 +286,27 @@ def test_push_to_hub_uploads_metadata_card_and_complete_shards_only(saved, monke
     assert sorted(commit["paths"]) == sorted(["README.md", "metadata.json"] + _shards(saved["path"]))
     card = (hub.repo_dir("someone/digits-logits", "dataset") / "README.md").read_text()
     assert "someone/digits-logits" in card and "license: other" in card
+
+
+def test_a_hub_store_fetches_only_the_epochs_a_run_reads(saved, digits, monkeypatch, tmp_path):
+    from fake_hub import FakeHub
+    from hf_tinyvit.training.distill import open_store
+
+    hub = FakeHub(tmp_path / "hub").install(monkeypatch)
+    TeacherLogitStore.open(saved["path"]).push_to_hub("me/logits")
+
+    def local_shards(store):
+        return sorted(os.path.relpath(f, store.path) for e in (0, 1) for f in store.shard_files(e) if os.path.exists(f))
+
+    store = TeacherLogitStore.open("me/logits", epochs=[1])
+    assert local_shards(store) == [f"data/epoch_0001/chunk_{c:06d}.parquet" for c in range(3)]
+    assert hub.calls[-1][1]["allow_patterns"] == ["metadata.json", "README.md", "data/epoch_0001/chunk_*.parquet"]
+    assert StoredLogitsDataset(digits, store, epoch=1).items([3])[0]["teacher_topk_values"].shape == (3,)
+    StoredLogitsDataset(digits, store, epoch=0).items([3])  # epoch 0 is fetched when first read
+    assert len(local_shards(store)) == 6
+    shutil.rmtree(tmp_path / "hub" / "downloads")  # a fresh cache: a one-epoch run fetches epoch 0 only
+    args = type("Args", (), {"teacher_logits": "me/logits", "max_steps": -1, "num_train_epochs": 1.0})()
+    assert local_shards(open_store(args)) == [f"data/epoch_0000/chunk_{c:06d}.parquet" for c in range(3)]
 
 
 # ---- the view cache --------------------------------------------------------------------------------------

@@ -60,6 +60,21 @@ def save_logits_parser(prog: str = "hf-tinyvit save-logits") -> argparse.Argumen
         "--lock_timeout", type=float, default=0.0,
         help="seconds to wait for another saving run that holds the store's writer.lock (default 0: fail at once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--topk_encoding", default="float16", choices=("float16", "sqrt8"),
+        help="how the top-k probabilities are stored: float16, or sqrt8 (8-bit codes of sqrt(p) with delta-coded "
+        "class indices, about 0.6x the bytes; see the README's Performance section for the error it adds)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--streaming", action="store_true",
+        help="stream the images (image folders, Parquet folders and Hub ids read from their files; each process and "
+        "DataLoader worker reads only the source shards under its chunks) instead of loading the split: the same "
+        "store, byte for byte; not with Mixup/CutMix",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stream_shards", type=int, default=8,
+        help="shards an in-memory or saved dataset (digits, save_to_disk) is cut into when streamed",
+    )
     return parser
 
 
@@ -84,9 +99,16 @@ def save_logits(argv: list[str] | None = None) -> str:
     recipe = getattr(AugmentationRecipe, args.recipe)(args.image_size)
     # The teacher pass covers the whole split (no hold-out), so any student can train on all of it;
     # --seed drives the augmentation only.
-    dataset = select_split(
-        load_image_dataset(args.dataset_name, validation_split_percentage=0), args.split, repr(args.dataset_name)
-    )
+    if args.streaming:
+        from .training.distill import stream_image_dataset
+
+        if args.stream_shards < 1:
+            parser.error(f"--stream_shards {args.stream_shards} must be >= 1")
+        dataset = stream_image_dataset(args.dataset_name, args.split, args.stream_shards)
+    else:
+        dataset = select_split(
+            load_image_dataset(args.dataset_name, validation_split_percentage=0), args.split, repr(args.dataset_name)
+        )
     teacher = load_teacher(args.teacher, weights=args.teacher_weights, input_mean=recipe.mean, input_std=recipe.std)
     path = save_teacher_logits(
         teacher,
@@ -107,6 +129,7 @@ def save_logits(argv: list[str] | None = None) -> str:
         accelerator=accelerator,
         cache_dir=args.cache_dir,
         lock_timeout=args.lock_timeout,
+        topk_encoding=args.topk_encoding,
     )
     if args.push_to_hub and accelerator.is_main_process:
         from .store.reader import TeacherLogitStore

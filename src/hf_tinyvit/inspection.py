@@ -25,10 +25,12 @@ def teacher_top1_histogram(store) -> np.ndarray:
     only the index column of each shard."""
     import pyarrow.parquet as pq
 
+    from .store.codec import TOP1_COLUMN
+
     counts = np.zeros(store.num_labels, dtype=np.int64)
     for epoch in store.epochs:
         for file in store.shard_files(epoch):
-            column = pq.read_table(file, columns=["teacher_topk_indices"]).column(0).combine_chunks()
+            column = pq.read_table(file, columns=[TOP1_COLUMN[store.topk_encoding]]).column(0).combine_chunks()
             top1 = column.flatten().to_numpy().reshape(len(column), store.topk)[:, 0]
             counts += np.bincount(top1.astype(np.int64), minlength=store.num_labels)
     return counts
@@ -54,6 +56,7 @@ def describe_store(path_or_hub_id: str) -> dict[str, Any]:
         "teacher_hash": metadata["teacher_hash"],
         "num_labels": store.num_labels,
         "topk": store.topk,
+        "topk_encoding": store.topk_encoding,
         "images": store.dataset_size,
         "epochs": store.epochs,
         "planned_epochs": metadata["num_epochs"],
@@ -168,7 +171,7 @@ def format_description(description: dict[str, Any], *, top: int = 20) -> str:
         f"  teacher       {d['teacher']} (weights hash {d['teacher_hash']})",
         f"  records       {d['records']:,} = {d['images']:,} images x {len(d['epochs'])} epochs {d['epochs']}"
         + (f" of {d['planned_epochs']} planned" if d["planned_epochs"] != len(d["epochs"]) else ""),
-        f"  top-k         {d['topk']} of {d['num_labels']} classes",
+        f"  top-k         {d['topk']} of {d['num_labels']} classes, {d.get('topk_encoding', 'float16')}",
         f"  size          {d['shard_bytes']:,} bytes, {per_record} bytes/record "
         f"(the official format: {d['official_bytes_per_record']})",
         f"  recipe        {recipe.get('image_size')} px, {recipe.get('auto_augment') or 'no RandAugment'}, "

@@ -4,6 +4,7 @@ the shuffle that keeps Mixup/CutMix partners in one batch, and an in-memory cach
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -21,8 +22,11 @@ __all__ = [
     "DistillationDataset",
     "IterableAugmentedDataset",
     "PairedSampler",
+    "StreamedBatches",
     "ViewCache",
     "collate_views",
+    "known_shard_sizes",
+    "stream_rows",
     "stream_shard_sizes",
     "with_sample_ids",
 ]
@@ -371,12 +375,130 @@ def _examples(stream, batch_size: int = 64) -> Iterator[dict]:
             yield {name: batch[name][j] for name in columns}
 
 
+def known_shard_sizes(stream) -> list[int] | None:
+    """The row count of each source shard of a stream read without a pass over its rows, or None when the stream
+    does not say: from the Parquet footers of a stream of Parquet files (local or Hub: only the footer is
+    fetched), or from the shards of an in-memory dataset's `to_iterable_dataset`.
+
+    `datasets` has no public accessor for this: the stream's source iterable is read, and anything but a
+    plain, unshuffled, unsplit, unfiltered Parquet or in-memory stream gives None (the counting pass runs).
+    A wrong count cannot go unseen: `stream_rows` and `with_sample_ids` check each shard they read whole.
+    """
+    try:
+        from datasets.iterable_dataset import ArrowExamplesIterable
+
+        source = stream._ex_iterable
+        if type(source) is not ArrowExamplesIterable or getattr(stream, "_distributed", None) is not None:
+            return None
+        kwargs = source.kwargs
+        if set(kwargs) == {"shards", "batch_size"}:  # Dataset.to_iterable_dataset
+            sizes = [len(shard) for shard in kwargs["shards"]]
+        else:
+            from datasets.packaged_modules.parquet.parquet import Parquet
+
+            builder = getattr(source.generate_tables_fn, "__self__", None)
+            if not isinstance(builder, Parquet) or set(kwargs) != {"files", "row_groups_list"}:
+                return None
+            if any(groups is not None for groups in kwargs["row_groups_list"]):
+                return None
+            if getattr(builder.config, "filters", None) is not None:
+                return None
+            import fsspec
+            import pyarrow.parquet as pq
+
+            sizes = []
+            for file in kwargs["files"]:
+                with fsspec.open(file, "rb") as handle:
+                    sizes.append(pq.ParquetFile(handle).metadata.num_rows)
+        return [int(n) for n in sizes] if len(sizes) == stream.num_shards else None
+    except Exception:  # an internal that moved, an unreachable footer: count instead
+        return None
+
+
 def stream_shard_sizes(stream) -> list[int]:
-    """The number of rows in each source shard of a streamed dataset, in shard order: one pass over the rows
-    with media left undecoded. Pass the result to `IterableAugmentedDataset(shard_sizes=...)` to skip the
-    pass (e.g. from the Parquet footers, or saved from an earlier run)."""
+    """The number of rows in each source shard of a streamed dataset, in shard order: from the Parquet footers
+    (or the in-memory shards) where `known_shard_sizes` finds them, else one pass over the rows with media left
+    undecoded. Pass the result to `IterableAugmentedDataset(shard_sizes=...)` to skip even that."""
+    sizes = known_shard_sizes(stream)
+    if sizes is not None:
+        return sizes
     stream = stream.decode(False)
     return [sum(1 for _ in _examples(stream.shard(stream.num_shards, s))) for s in range(stream.num_shards)]
+
+
+class _ShardReader:
+    """The rows of one source shard read forward in Arrow batches: rows skipped over are never turned into
+    Python objects, so reaching row 10,000 of a shard costs little more than its bytes."""
+
+    def __init__(self, source, index: int, size: int):
+        self.index, self.size = index, size
+        shard = source.shard(source.num_shards, index).with_format("arrow")
+        self._batches = shard.iter(batch_size=256)
+        self._table = None
+        self._start = 0  # position in the shard of `_table`'s first row
+        self.position = 0  # the next row `take` can give
+
+    def _load(self) -> bool:
+        if self._table is not None:
+            self._start += self._table.num_rows
+        self._table = next(self._batches, None)
+        return self._table is not None
+
+    def _mismatch(self, seen: str) -> ValueError:
+        return ValueError(
+            f"source shard {self.index} holds {seen} rows, but shard_sizes says {self.size}: the sample ids would not "
+            "be the map-style dataset's; pass the right shard_sizes"
+        )
+
+    def take(self, at: int, count: int) -> Iterator[dict]:
+        """Rows `at`, ..., `at + count - 1` of the shard (`at` >= `position`), as dicts of undecoded values."""
+        if at < self.position:
+            raise RuntimeError(f"row {at} of source shard {self.index} lies behind the reader (at {self.position})")
+        while count > 0:
+            if self._table is None or at >= self._start + self._table.num_rows:
+                if not self._load():
+                    raise self._mismatch(str(self._start))
+                continue
+            offset = at - self._start
+            part = self._table.slice(offset, min(count, self._table.num_rows - offset))
+            yield from part.to_pylist()
+            at, count = at + part.num_rows, count - part.num_rows
+            self.position = at
+
+    def check_end(self) -> None:
+        """Refuse a shard that holds more rows than `size` (called once its `size` rows were read)."""
+        while self._table is None or self.position >= self._start + self._table.num_rows:
+            if not self._load():
+                return
+        raise self._mismatch(f"more than {self.size}")
+
+
+def stream_rows(stream, shard_sizes: Sequence[int], ranges: Sequence[tuple[int, int]]) -> Iterator[tuple[int, dict]]:
+    """`(sample_id, row)` for every sample id in `ranges` (sorted, disjoint `[start, stop)` pairs of map-style
+    indices), rows undecoded, read from the source shards that overlap the ranges and no other.
+
+    A shard read to its end is checked against `shard_sizes`: the ids would be wrong if a count were."""
+    source = stream.decode(False)
+    sizes = [int(n) for n in shard_sizes]
+    ends = np.cumsum(sizes)
+    reader: _ShardReader | None = None
+    for start, stop in ranges:
+        position = int(start)
+        while position < stop:
+            shard = int(np.searchsorted(ends, position, side="right"))  # the first shard ending past it
+            if shard >= len(sizes):
+                raise IndexError(f"sample_id={position} lies past the stream's {int(ends[-1])} rows")
+            first = int(ends[shard]) - sizes[shard]
+            if reader is None or reader.index != shard or reader.position > position - first:
+                if reader is not None and reader.index < shard and reader.position == reader.size:
+                    reader.check_end()
+                reader = _ShardReader(source, shard, sizes[shard])
+            count = min(int(stop), int(ends[shard])) - position
+            for row in reader.take(position - first, count):
+                yield position, row
+                position += 1
+    if reader is not None and reader.position == reader.size:
+        reader.check_end()
 
 
 def _rows_with_ids(shard: list[int], offset: list[int], size: list[int], source, num_shards: int) -> Iterator[dict]:
@@ -392,6 +514,51 @@ def _rows_with_ids(shard: list[int], offset: list[int], size: list[int], source,
                 f"source shard {index} holds {row + 1}{'+' if row >= expected else ''} rows, but shard_sizes says "
                 f"{expected}: the sample ids would not be the map-style dataset's; pass the right shard_sizes"
             )
+
+
+class StreamedBatches(torch.utils.data.IterableDataset):
+    """Collated batches of rendered views of a streamed image dataset, for a fixed plan of batches: what a
+    teacher pass over a stream runs on (`save_teacher_logits` with a `datasets.IterableDataset`).
+
+    `batches` are `(group, start, stop)`: the views of sample ids `[start, stop)` at `epoch`, `group` a key the
+    caller gets back with each batch (a store chunk). Each DataLoader worker takes a contiguous share of every
+    group's batches, so it reads only the source shards under its shares and the groups complete in turn.
+    A batch is `collate_views` of the `views.items` of its ids (a `group` entry added): bitwise what the
+    map-style dataset gives for the same ids, whatever the number of workers.
+    """
+
+    def __init__(self, views: "IterableAugmentedDataset", epoch: int, batches: Sequence[tuple[int, int, int]]):
+        self.views = views
+        self.epoch = int(epoch)
+        self.batches = [(int(g), int(a), int(b)) for g, a, b in batches]
+
+    def share(self, worker: int, workers: int) -> list[tuple[int, int, int]]:
+        """The batches worker `worker` of `workers` renders: a contiguous share of each group's, in plan order."""
+        groups: dict[int, list[tuple[int, int, int]]] = {}
+        for batch in self.batches:
+            groups.setdefault(batch[0], []).append(batch)
+        mine = []
+        for batches in groups.values():
+            count = len(batches)
+            mine += batches[worker * count // workers : (worker + 1) * count // workers]
+        return mine
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.share(worker, workers)
+        views = self.views
+        ranges = sorted((a, b) for _, a, b in mine)
+        rows = stream_rows(views.source, views.shard_sizes, ranges)
+        for group, start, stop in sorted(mine, key=lambda batch: batch[1]):
+            items = []
+            for sample_id, row in itertools.islice(rows, stop - start):
+                items.append(views._render({**row, "sample_id": sample_id}, self.epoch))
+            if [int(item["sample_id"]) for item in items] != list(range(start, stop)):
+                raise RuntimeError(f"the stream gave sample ids {[int(i['sample_id']) for i in items][:4]}... for [{start}, {stop})")
+            batch = collate_views(items)
+            batch["group"] = torch.tensor(group, dtype=torch.int64)
+            yield batch
 
 
 def with_sample_ids(stream, shard_sizes: Sequence[int], shard_order: Sequence[int] | None = None):
@@ -421,11 +588,12 @@ def with_sample_ids(stream, shard_sizes: Sequence[int], shard_order: Sequence[in
 
 
 class _StreamRows:
-    """Random reads of a few rows of a stream (what `dataset_fingerprint` probes), each shard read once forward."""
+    """Random reads of a few rows of a stream (what `dataset_fingerprint` probes, in increasing order), each shard
+    read forward once, rows skipped over in Arrow batches."""
 
     def __init__(self, views: "IterableAugmentedDataset"):
         self.views = views
-        self._open: tuple[int, Iterator[tuple[int, dict]]] | None = None
+        self._reader: _ShardReader | None = None
 
     def __len__(self) -> int:
         return self.views.num_samples
@@ -436,13 +604,11 @@ class _StreamRows:
     def __getitem__(self, sample_id: int) -> dict:
         views = self.views
         shard = int(np.searchsorted(views._offsets, sample_id, side="right")) - 1
-        if self._open is None or self._open[0] != shard:
-            source = views.source.decode(False).shard(views.source.num_shards, shard)
-            self._open = (shard, enumerate(_examples(source), start=int(views._offsets[shard])))
-        for index, row in self._open[1]:
-            if index == sample_id:
-                return {views.image_column: views._decode(row[views.image_column])}
-        raise IndexError(f"sample_id={sample_id} was not found in source shard {shard}")
+        first = int(views._offsets[shard])  # side="right": never an empty shard, which shares the next one's offset
+        if self._reader is None or self._reader.index != shard or self._reader.position > sample_id - first:
+            self._reader = _ShardReader(views.source.decode(False), shard, views.shard_sizes[shard])
+        row = next(iter(self._reader.take(sample_id - first, 1)))
+        return {views.image_column: views._decode(row[views.image_column])}
 
 
 class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDataset):
@@ -618,6 +784,20 @@ class IterableAugmentedDataset(DistillationDataset, torch.utils.data.IterableDat
     def view_epoch(self, epoch: int) -> int:
         """The epoch whose views training epoch `epoch` renders."""
         return epoch
+
+    def items(self, sample_ids: Sequence[int], epoch: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """Items of a few `sample_ids` at `epoch` (default: the current one), as `AugmentedDataset.items` gives
+        them, read off the stream (one forward pass over the shards that hold them: cheap for a handful of
+        ids or a contiguous run, a pass over the stream for ids spread across it)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        ids = [int(i) for i in sample_ids]
+        for i in ids:
+            if not 0 <= i < self.num_samples:
+                raise IndexError(f"sample_id={i} is outside the stream's {self.num_samples} samples")
+        wanted = sorted(set(ids))
+        ranges = [(i, i + 1) for i in wanted]
+        rendered = {i: self._render({**row, "sample_id": i}, epoch) for i, row in stream_rows(self.source, self.shard_sizes, ranges)}
+        return [rendered[i] for i in ids]
 
     def _extras(self, epoch: int, sample_ids: np.ndarray) -> list[dict[str, torch.Tensor]] | None:
         """Per-item fields a subclass adds for one window (stored targets); None for none."""

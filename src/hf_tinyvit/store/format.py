@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -17,6 +19,8 @@ import pyarrow as pa
 import torch
 
 from ..augment.recipe import AugmentationRecipe
+from ..augment.sampling import augmentation_seed
+from .codec import FLOAT16_MASS_TOLERANCE, TOPK_COLUMNS, TOPK_ENCODINGS, index_dtype, topk_mass_tolerance
 
 __all__ = [
     "CARD_NAME",
@@ -35,23 +39,33 @@ __all__ = [
     "index_dtype",
     "mass_tolerance",
     "metadata_checksum",
+    "metadata_features",
     "parse_shard_relpath",
     "read_metadata",
+    "row_group_rows",
     "seal_metadata",
+    "seeds_checksum",
     "shard_entry",
     "shard_relpath",
     "shard_table",
     "sparse_to_dense",
     "store_features",
     "teacher_hard_labels",
+    "teacher_topk",
+    "topk_encoding",
     "topk_probabilities",
     "topk_row_problem",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Versions this release opens: the current one and every older one (tests/fixtures holds a store of each).
 # 2 added the per-shard checksums, the metadata's own checksum and the per-record image digest column.
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+# 3 records the top-k encoding (`topk_encoding`: "float16" or "sqrt8", whose columns have their own names),
+# drops the per-record augmentation seed column (a hash of (seed, epoch, sample_id) that the reader derives;
+# each shard's metadata line keeps a CRC-32 of its records' derived seeds instead, `aug_seeds`), writes row
+# groups of about 1 MiB of top-k data (a random lookup decodes one of them, not a whole shard) and page
+# checksums. A release that reads only 1 and 2 refuses a format 3 store by its version, naming the upgrade.
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 METADATA_NAME = "metadata.json"
 CARD_NAME = "README.md"
 # Held (flock) by the one saving run that may write a store; absent when nobody writes.
@@ -61,18 +75,18 @@ CHECKSUM_FIELD = "metadata_sha256"
 # Per-record column (format 2): a digest of the decoded image the view was rendered from, and how it is computed.
 DIGEST_COLUMN = "image_digest"
 IMAGE_DIGEST = "crc32:uint8-rgb-chw"
-# float16 rounds each stored probability by at most 2**-11 of itself, so a top-k row sums to at most
-# 1 + 2**-11; anything past this tolerance was not written by a teacher's softmax.
-TOPK_MASS_TOLERANCE = 1e-3
+# float16's tolerance on a row's mass (see codec.topk_mass_tolerance for every encoding's)
+TOPK_MASS_TOLERANCE = FLOAT16_MASS_TOLERANCE
 # Bounds on what a metadata file may make this code allocate or recurse into.
 MAX_METADATA_BYTES = 256 * 2**20
 MAX_METADATA_DEPTH = 8
 MAX_NUM_LABELS = 1 << 20
-# Optional metadata fields, each with the values this release reads (absent = the first).
+# Optional metadata fields of formats 1 and 2, each with the values this release reads (absent = the first).
 OPTIONAL_FIELDS = {"topk_encoding": ("float16",)}
 # Fields that identify what a store was built from: a resumed run or a replay must match them all.
 IDENTITY_FIELDS = (
     "format_version",
+    "topk_encoding",
     "teacher_name",
     "teacher_hash",
     "num_labels",
@@ -94,16 +108,33 @@ def epoch_split(epoch: int) -> str:
     return f"epoch_{epoch}"
 
 
-def store_features(topk: int, num_labels: int, with_partner: bool, with_digest: bool = False) -> datasets.Features:
-    """Columns of a store. Indices use the smallest unsigned type that holds `num_labels`; format 2
-    stores end with the `image_digest` column (uint32, 4 bytes a record)."""
-    columns = {
-        "sample_id": datasets.Value("int64"),
-        "epoch": datasets.Value("int32"),
-        "aug_seed": datasets.Value("uint32"),
-        "teacher_topk_values": datasets.List(datasets.Value("float16"), length=topk),
-        "teacher_topk_indices": datasets.List(datasets.Value(index_dtype(num_labels).name), length=topk),
-    }
+def topk_encoding(metadata: dict[str, Any]) -> str:
+    """The store's top-k encoding: its metadata's `topk_encoding`, "float16" when absent (formats 1 and 2)."""
+    return metadata.get("topk_encoding", "float16")
+
+
+def store_features(
+    topk: int,
+    num_labels: int,
+    with_partner: bool,
+    with_digest: bool = False,
+    *,
+    topk_encoding: str = "float16",
+    with_seed: bool = True,
+) -> datasets.Features:
+    """Columns of a store. Indices (and sqrt8 slots) use the smallest unsigned type that holds `num_labels`;
+    format 1 and 2 stores keep a per-record `aug_seed` (`with_seed`), format 2 and 3 ones end with the
+    `image_digest` column (uint32, 4 bytes a record)."""
+    columns = {"sample_id": datasets.Value("int64"), "epoch": datasets.Value("int32")}
+    if with_seed:
+        columns["aug_seed"] = datasets.Value("uint32")
+    first, second = TOPK_COLUMNS[topk_encoding]
+    if topk_encoding == "float16":
+        columns[first] = datasets.List(datasets.Value("float16"), length=topk)
+        columns[second] = datasets.List(datasets.Value(index_dtype(num_labels).name), length=topk)
+    else:
+        columns[first] = datasets.List(datasets.Value(index_dtype(num_labels).name), length=topk)
+        columns[second] = datasets.List(datasets.Value("uint8"), length=topk)
     if with_partner:
         columns["mix_partner"] = datasets.Value("int64")
     if with_digest:
@@ -111,37 +142,64 @@ def store_features(topk: int, num_labels: int, with_partner: bool, with_digest: 
     return datasets.Features(columns)
 
 
+def metadata_features(metadata: dict[str, Any]) -> datasets.Features:
+    """The columns every shard of a store has, as its metadata (format version, encoding, recipe) implies them."""
+    version = int(metadata["format_version"])
+    return store_features(
+        int(metadata["topk"]),
+        int(metadata["num_labels"]),
+        with_partner=AugmentationRecipe.from_dict(metadata["recipe"]).mixes,
+        with_digest=version >= 2,
+        topk_encoding=topk_encoding(metadata),
+        with_seed=version <= 2,
+    )
+
+
 def shard_table(
     features: datasets.Features,
     sample_ids: np.ndarray,
     epoch: int,
-    aug_seeds: np.ndarray,
-    values: np.ndarray,
-    indices: np.ndarray,
+    topk_columns: dict[str, np.ndarray],
+    *,
+    aug_seeds: np.ndarray | None = None,
     partners: np.ndarray | None = None,
     digests: np.ndarray | None = None,
 ) -> pa.Table:
-    """One shard's rows as an Arrow table, sorted by sample id (the order delta encoding likes best)."""
+    """One shard's rows as an Arrow table, sorted by sample id (the order delta encoding likes best).
+    `topk_columns` are `codec.encode_topk`'s; `aug_seeds` only where the features keep them (formats 1, 2)."""
     order = np.argsort(sample_ids, kind="stable")
-    k = values.shape[1]
     schema = features.arrow_schema
-    columns = {
-        "sample_id": pa.array(sample_ids[order].astype(np.int64)),
+    columns: dict[str, pa.Array] = {
+        "sample_id": pa.array(np.asarray(sample_ids)[order].astype(np.int64)),
         "epoch": pa.array(np.full(len(order), epoch, dtype=np.int32)),
-        "aug_seed": pa.array(aug_seeds[order].astype(np.uint32)),
-        "teacher_topk_values": pa.FixedSizeListArray.from_arrays(pa.array(values[order].astype(np.float16).ravel()), k),
-        "teacher_topk_indices": pa.FixedSizeListArray.from_arrays(
-            pa.array(
-                indices[order].astype(schema.field("teacher_topk_indices").type.value_type.to_pandas_dtype()).ravel()
-            ),
-            k,
-        ),
     }
+    if "aug_seed" in features:
+        columns["aug_seed"] = pa.array(np.asarray(aug_seeds)[order].astype(np.uint32))
+    for name, rows in topk_columns.items():
+        dtype = schema.field(name).type.value_type.to_pandas_dtype()
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(rows[order].astype(dtype).ravel()), rows.shape[1])
     if "mix_partner" in features:
-        columns["mix_partner"] = pa.array(partners[order].astype(np.int64))
+        columns["mix_partner"] = pa.array(np.asarray(partners)[order].astype(np.int64))
     if DIGEST_COLUMN in features:
         columns[DIGEST_COLUMN] = pa.array(np.asarray(digests)[order].astype(np.uint32))
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def row_group_rows(topk: int, num_labels: int, encoding: str, chunk_size: int) -> int:
+    """Rows per Parquet row group of a format 3 shard: a power of two holding about 1 MiB of top-k data (at
+    least 1,024 rows, at most the chunk), so that a random lookup decodes one group rather than a whole shard
+    while the groups stay large enough for zstd (k = 10: the whole 16,384-record chunk; k = 100: 2,048)."""
+    width = index_dtype(num_labels).itemsize + (2 if encoding == "float16" else 1)
+    rows = 1 << max(10, int(math.log2(max(1, (1 << 20) // (topk * width)))))
+    return int(min(rows, chunk_size))
+
+
+def seeds_checksum(seed: int, epoch: int, sample_ids: np.ndarray) -> int:
+    """CRC-32 of the augmentation seeds (little-endian uint32) that `(seed, epoch, sample_id)` derive for the
+    given sample ids, in order: what a format 3 shard's metadata line keeps in place of a seed column, so a
+    reader whose seed derivation differs from the writer's refuses to replay views the teacher never saw."""
+    seeds = np.fromiter((augmentation_seed(seed, epoch, int(i)) for i in sample_ids), dtype="<u4", count=len(sample_ids))
+    return zlib.crc32(seeds.tobytes())
 
 
 # ---- where shards live, what a shard must hold ------------------------------------------------------
@@ -164,12 +222,16 @@ def expected_chunk_rows(dataset_size: int, chunk_size: int, chunk: int) -> int:
 
 
 def shard_entry(relpath: str, epoch: int, chunk: int, rows: int, data: bytes | None = None, *, sha256: str | None = None,
-                size: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """A shard's line in the metadata (format 2): where it is, what it holds, and the sha256 of its bytes."""
+                size: int | None = None, aug_seeds: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """A shard's line in the metadata (format 2): where it is, what it holds, and the sha256 of its bytes; in
+    format 3 also the CRC-32 of its records' derived augmentation seeds (`seeds_checksum`)."""
     if data is not None:
         sha256, size = hashlib.sha256(data).hexdigest(), len(data)
-    return {"path": relpath, "epoch": int(epoch), "chunk": int(chunk), "rows": int(rows), "bytes": int(size),
-            "sha256": sha256}  # fmt: skip
+    entry = {"path": relpath, "epoch": int(epoch), "chunk": int(chunk), "rows": int(rows), "bytes": int(size),
+             "sha256": sha256}  # fmt: skip
+    if aug_seeds is not None:
+        entry["aug_seeds"] = int(aug_seeds)
+    return entry
 
 
 def check_shard_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
@@ -184,8 +246,8 @@ def check_shard_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> No
 
 
 def mass_tolerance(metadata: dict[str, Any]) -> float:
-    """How far past 1 a stored top-k row may sum, given how its values are encoded."""
-    return TOPK_MASS_TOLERANCE
+    """How far past 1 a stored top-k row may sum once decoded, given how its values are encoded."""
+    return topk_mass_tolerance(topk_encoding(metadata), int(metadata["topk"]))
 
 
 def topk_row_problem(
@@ -338,6 +400,7 @@ _REQUIRED_FIELDS = (
 )  # fmt: skip
 _V2_FIELDS = ("shards", "image_digest", CHECKSUM_FIELD)
 _ENTRY_KEYS = {"path", "epoch", "chunk", "rows", "bytes", "sha256"}
+_V3_ENTRY_KEYS = _ENTRY_KEYS | {"aug_seeds"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -365,9 +428,13 @@ def _check_metadata(path: str, metadata: dict[str, Any]) -> None:
             f"store {path!r}: {METADATA_NAME} has fields {unknown} that format_version={version} does not define; "
             f"known fields: {sorted(known)}"
         )
-    for field, accepted in OPTIONAL_FIELDS.items():
-        if field in metadata and metadata[field] not in accepted:
-            fail(field, f"one of {list(accepted)} (this release reads no other)")
+    if version >= 3:  # the encoding is required, and sqrt8 exists, from format 3 on
+        if metadata.get("topk_encoding") not in TOPK_ENCODINGS:
+            fail("topk_encoding", f"one of {list(TOPK_ENCODINGS)}")
+    else:
+        for field, accepted in OPTIONAL_FIELDS.items():
+            if field in metadata and metadata[field] not in accepted:
+                fail(field, f"one of {list(accepted)} (format_version={version} knows no other)")
     for field in ("teacher_name", "teacher_hash", "recipe_fingerprint", "dataset_fingerprint"):
         if not isinstance(metadata.get(field), str):
             fail(field, "a string")
@@ -415,15 +482,18 @@ def _check_shard_entries(path: str, metadata: dict[str, Any], fail, is_int) -> N
     if not isinstance(shards, list):
         fail("shards", "a list of shard entries")
     size, chunk_size = metadata["dataset_size"], metadata["chunk_size"]
+    keys = _V3_ENTRY_KEYS if metadata["format_version"] >= 3 else _ENTRY_KEYS
+    integers = ("epoch", "chunk", "rows", "bytes") + (("aug_seeds",) if "aug_seeds" in keys else ())
     seen = set()
     for entry in shards:
-        ok = isinstance(entry, dict) and set(entry) == _ENTRY_KEYS
-        ok = ok and all(is_int(entry[k]) for k in ("epoch", "chunk", "rows", "bytes"))
+        ok = isinstance(entry, dict) and set(entry) == keys
+        ok = ok and all(is_int(entry[k]) for k in integers)
         ok = ok and isinstance(entry["path"], str) and bool(_SHA256.fullmatch(str(entry["sha256"])))
+        ok = ok and (0 <= entry.get("aug_seeds", 0) < 2**32)
         if not ok:
             raise ValueError(
                 f"store {path!r}: {METADATA_NAME} has a shard entry {str(entry)[:200]}; expected an object with "
-                f"{sorted(_ENTRY_KEYS)}"
+                f"{sorted(keys)}"
             )
         epoch, chunk = entry["epoch"], entry["chunk"]
         if epoch not in metadata["epochs"] or not 0 <= chunk < metadata["num_chunks"]:
@@ -462,6 +532,15 @@ def identity_mismatches(expected: dict[str, Any], got: dict[str, Any]) -> list[s
     ]
 
 
+_ENCODING_TEXT = {
+    "float16": "columns `teacher_topk_values`, float16 probabilities by decreasing value, and `teacher_topk_indices`, "
+    "their classes",
+    "sqrt8": "quantised: `teacher_topk_slots` holds the top-1 class, then the other classes ascending as a first "
+    "index and gaps; `teacher_topk_codes` holds round(255 sqrt(p)) of the leftover mass, then of the other classes; "
+    "hf_tinyvit decodes them (`hf_tinyvit.store.codec.decode_sqrt8`)",
+}
+
+
 def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: str | None = None) -> str:
     """The store's dataset card: Hub metadata (license, task, features with the teacher's class names as a
     `ClassLabel`, one config per saved epoch listing its exact shard files, so that a stray file in the
@@ -489,15 +568,10 @@ def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: s
     # ClassLabel names must be unique; ImageNet-1k's are not ("crane", "maillot"): number the repeats
     repeated = {name for name, count in Counter(names).items() if count > 1}
     names = [f"{name} ({i})" if name in repeated else name for i, name in enumerate(names)]
-    from ..augment.recipe import AugmentationRecipe
-
-    mixes = AugmentationRecipe.from_dict(metadata["recipe"]).mixes  # Mixup/CutMix stores record each partner
-    # format 2 stores carry a per-record image digest (the `image_digest` metadata field names its kind)
-    with_digest = bool(metadata.get("image_digest"))
-    features = store_features(
-        int(metadata["topk"]), int(metadata["num_labels"]), with_partner=mixes, with_digest=with_digest
-    )
-    features["teacher_topk_indices"] = datasets.List(datasets.ClassLabel(names=names), length=int(metadata["topk"]))
+    features = metadata_features(metadata)
+    encoding = topk_encoding(metadata)
+    if encoding == "float16":  # sqrt8 slots are the top-1 class, then gaps between classes: no class names
+        features["teacher_topk_indices"] = datasets.List(datasets.ClassLabel(names=names), length=int(metadata["topk"]))
     teacher = public_name(metadata["teacher_name"])
     data = DatasetCardData(
         license=license,
@@ -518,12 +592,13 @@ def dataset_card(metadata: dict[str, Any], *, license: str = "other", repo_id: s
     body = f"""
 # Teacher logits of `{teacher}`
 
-Sparse top-{metadata['topk']} teacher probabilities (float16) and class indices (of {metadata['num_labels']}
-classes) for {metadata['dataset_size']} images x {len(epochs)} epochs (epochs {epochs}), each with a per-record
-uint32 augmentation seed that replays the exact view the teacher saw: TinyViT's fast pretraining distillation.
+Sparse top-{metadata['topk']} teacher probabilities and class indices (of {metadata['num_labels']} classes) for
+{metadata['dataset_size']} images x {len(epochs)} epochs (epochs {epochs}); each record replays the exact view the
+teacher saw from (seed, epoch, sample_id): TinyViT's fast pretraining distillation.
 
 - teacher: `{teacher}` (weights hash `{metadata.get('teacher_hash')}`)
 - top-k: {metadata['topk']} of {metadata['num_labels']} classes; the other classes share the leftover probability evenly
+- top-k encoding: `{encoding}` ({_ENCODING_TEXT[encoding]})
 - images: {metadata['dataset_size']} (fingerprint `{metadata.get('dataset_fingerprint')}`), seed {metadata['seed']}
 - format version {metadata.get('format_version')}; `metadata.json` holds all of this and the teacher's class names
 
@@ -554,22 +629,13 @@ epoch, its records in the `train` split).
 # ---- the sparse top-k code ---------------------------------------------------------------------------
 
 
-def index_dtype(num_labels: int) -> np.dtype:
-    """The smallest unsigned integer type that holds every class index of `num_labels` classes."""
-    if num_labels < 1:
-        raise ValueError(f"num_labels={num_labels} must be >= 1")
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if num_labels - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"num_labels={num_labels} exceeds what a uint32 index can hold")
-
-
-def topk_probabilities(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of `logits` `(batch, num_labels)`, reduced to its `k` largest entries.
 
-    Returns float16 probabilities and int64 indices, both `(batch, k)`, sorted by decreasing
-    probability so that column 0 is the teacher's top-1 class. Non-finite logits raise, naming the
-    first offending row, rather than poisoning a store that students will train on for days.
+    Returns float32 probabilities and int64 indices, both `(batch, k)`, sorted by decreasing
+    probability so that column 0 is the teacher's top-1 class: what every top-k encoding starts
+    from. Non-finite logits raise, naming the first offending row, rather than poisoning a store
+    that students will train on for days.
     """
     if logits.dim() != 2:
         raise ValueError(f"teacher logits must be (batch, num_labels), got shape {tuple(logits.shape)}")
@@ -581,7 +647,12 @@ def topk_probabilities(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
         row = int((~finite).nonzero()[0])
         raise ValueError(f"teacher output row {row} contains NaN or inf; refusing to store it")
     probs = torch.softmax(logits.float(), dim=1)
-    values, indices = probs.topk(k, dim=1, largest=True, sorted=True)
+    return probs.topk(k, dim=1, largest=True, sorted=True)
+
+
+def topk_probabilities(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`teacher_topk` with the probabilities rounded to float16, as a "float16" store keeps them."""
+    values, indices = teacher_topk(logits, k)
     return values.half(), indices
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..augment.mix import mix_partners, pairing_order
-from ..augment.views import AugmentedDataset, collate_views
+from ..augment.views import AugmentedDataset, IterableAugmentedDataset, collate_views
 from ..teachers import checked_teacher_logits
-from .format import topk_probabilities
+from .format import teacher_topk
 from .reader import TeacherLogitStore
 
 __all__ = ["VerifyReport", "check_teacher_logits", "verify_store"]
@@ -34,21 +34,36 @@ def check_teacher_logits(
     image_column: str = "image",
     cache_dir: str | None = None,
     device: str | torch.device | None = None,
+    shard_sizes=None,
 ) -> dict[str, Any]:
     """Replay `num_samples` stored records, re-run the teacher and compare with what was stored.
 
     The records are the first of the epoch's first chunk, batched as the saving run batched them,
-    so a deterministic teacher sees bitwise the same inputs in the same batches. Both sides are
-    compared after the float16 rounding the store applies; `max_abs_diff` is the largest gap.
+    so a deterministic teacher sees bitwise the same inputs in the same batches. `dataset` is the
+    map-style dataset or the stream (`datasets.IterableDataset`, its `shard_sizes` when known) the
+    store was saved from. Both sides are compared after the store's encoding (float16 rounding, or
+    sqrt8 codes decoded), so a teacher that computes what it computed when saving differs by 0;
+    `max_abs_diff` is the largest gap, `index_mismatches` the records whose classes differ.
     """
+    import datasets
+
+    from .codec import decode_topk, encode_topk
+
     store = store if isinstance(store, TeacherLogitStore) else TeacherLogitStore.open(store, cache_dir=cache_dir)
     epoch = store.epochs[0] if epoch is None else epoch
     if epoch not in store.epochs:
         raise KeyError(f"epoch {epoch} is not in store {store.path!r}; saved epochs: {store.epochs}")
     recipe = store.recipe
-    views = AugmentedDataset(dataset, recipe, seed=int(store.metadata["seed"]), image_column=image_column, label_column=None)
-    store.check_replay(len(dataset), views.fingerprint)
-    first_chunk = pairing_order(recipe, store.metadata["seed"], epoch, len(views))[: store.metadata["chunk_size"]]
+    seed = int(store.metadata["seed"])
+    if isinstance(dataset, datasets.IterableDataset):
+        views = IterableAugmentedDataset(dataset, recipe, seed=seed, shard_sizes=shard_sizes, image_column=image_column,
+                                         label_column=None)  # fmt: skip
+        size = views.num_samples
+    else:
+        views = AugmentedDataset(dataset, recipe, seed=seed, image_column=image_column, label_column=None)
+        size = len(dataset)
+    store.check_replay(size, views.fingerprint)
+    first_chunk = pairing_order(recipe, seed, epoch, size)[: store.metadata["chunk_size"]]
     count = min(len(first_chunk), math.ceil(num_samples / batch_size) * batch_size)
     ids = first_chunk[:count].tolist()
     device = device or next((p.device for p in getattr(teacher, "parameters", lambda: iter(()))()), torch.device("cpu"))
@@ -59,11 +74,20 @@ def check_teacher_logits(
             batch = collate_views(views.items(chunk, epoch))
             stored_values, stored_indices = store.targets(epoch, chunk)
             logits = checked_teacher_logits(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
-            values, indices = topk_probabilities(logits, store.topk)
-            mismatches += int((indices.cpu() != stored_indices).any(dim=1).sum())
-            diff = (values.float().cpu() - stored_values).abs().max().item()
-            max_diff = max(max_diff, diff)
+            values, indices = teacher_topk(logits, store.topk)
+            columns = encode_topk(values.cpu().numpy(), indices.cpu().numpy(), store.num_labels, store.topk_encoding)
+            values, indices = (torch.from_numpy(a) for a in decode_topk(columns, store.topk_encoding))
+            mismatches += int((indices != stored_indices).any(dim=1).sum())
+            max_diff = max(max_diff, (values - stored_values).abs().max().item())
     return {"epoch": epoch, "num_checked": count, "max_abs_diff": max_diff, "index_mismatches": mismatches}
+
+
+def _row_groups(data: bytes):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    footer = pq.ParquetFile(pa.BufferReader(data)).metadata
+    return [footer.row_group(g) for g in range(footer.num_row_groups)]
 
 
 @dataclass
@@ -118,7 +142,7 @@ def verify_store(path: str, dataset=None, *, image_column: str = "image") -> Ver
         shard_relpath,
     )
     from .lock import WriterLock
-    from .reader import _local_or_download, check_shard_records, decode_shard
+    from .reader import _local_or_download, check_shard_records, decode_shard, planned_row_groups
 
     started = time.perf_counter()
     report = VerifyReport(path=str(path))
@@ -179,7 +203,11 @@ def verify_store(path: str, dataset=None, *, image_column: str = "image") -> Ver
                     continue
             try:
                 shard = decode_shard(data, metadata, epoch, where, path)
-                check_shard_records(shard, metadata, epoch, chunk, where, order=order, partners=partners)
+                check_shard_records(shard, metadata, epoch, chunk, where, order=order, partners=partners, entry=entry)
+                groups = [g.num_rows for g in _row_groups(data)]
+                if groups != planned_row_groups(metadata, len(shard["sample_id"])):
+                    raise ValueError(f"{where}: its row groups hold {groups[:4]}... rows; the format writes "
+                                     f"{planned_row_groups(metadata, len(shard['sample_id']))[:4]}...")  # fmt: skip
             except ValueError as error:
                 problem(str(error))
                 continue

@@ -16,28 +16,32 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from ..augment import AugmentationRecipe, augmentation_seed, mix_partners, pairing_order
+from ..augment import AugmentationRecipe, mix_partners, pairing_order
 from ..augment.recipe import is_int
-from ..augment.views import AugmentedDataset, collate_views
+from ..augment.views import AugmentedDataset, IterableAugmentedDataset, StreamedBatches, collate_views
 from ..datasets import dataset_fingerprint
 from ..log import get_logger, progress_bar
 from ..teachers import checked_teacher_logits, state_dict_hash
+from .codec import TOPK_COLUMNS, check_topk_encoding, encode_topk
 from .format import (
     CARD_NAME,
+    DIGEST_COLUMN,
     FORMAT_VERSION,
     IMAGE_DIGEST,
     METADATA_NAME,
     dataset_card,
     expected_chunk_rows,
     identity_mismatches,
+    metadata_features,
     parse_shard_relpath,
     read_metadata,
+    row_group_rows,
     seal_metadata,
+    seeds_checksum,
     shard_entry,
     shard_relpath,
     shard_table,
-    store_features,
-    topk_probabilities,
+    teacher_topk,
 )
 from .lock import WriterLock, temp_owner_alive, temp_suffix
 from .reader import check_shard_records, decode_shard
@@ -59,27 +63,27 @@ def _teacher_identity(teacher, name: str | None, weights_hash: str | None) -> tu
     return name, weights_hash
 
 
-def write_shard(path: str, table: pa.Table) -> tuple[str, int]:
+def write_shard(path: str, table: pa.Table, row_group_size: int | None = None) -> tuple[str, int]:
     """Write a shard under a temporary name, then rename it: a reader never sees a partial shard.
     Returns the sha256 and size of the bytes written, read back before the rename, for the metadata.
 
-    The encodings keep a record near the paper's `4 + 4k` bytes: sample ids are consecutive
-    (delta-packed to almost nothing), the epoch is one value (dictionary + RLE), and byte-stream
-    splitting groups the probabilities' exponent bytes and the indices' high bytes so that zstd
-    squeezes them. The image digests are random bits, stored plain (4 bytes a record).
+    The encodings keep a record small: sample ids are consecutive (delta-packed to almost nothing), the
+    epoch is one value (dictionary + RLE), and byte-stream splitting groups the bytes of each list element
+    (the probabilities' exponent bytes, the indices' and slots' high bytes, the three zero bytes Parquet
+    adds to each uint8 code) so that zstd squeezes them. Seeds and image digests are random bits, stored
+    plain (4 bytes a record). Row groups of `row_group_size` rows (one for the whole table when None) with
+    page checksums, so a reader can decode and check one group without the rest.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + temp_suffix()
-    encodings = {
-        "sample_id": "DELTA_BINARY_PACKED",
-        "aug_seed": "PLAIN",
-        "teacher_topk_values.list.element": "BYTE_STREAM_SPLIT",
-        "teacher_topk_indices.list.element": "BYTE_STREAM_SPLIT",
-    }
-    if "mix_partner" in table.column_names:
-        encodings["mix_partner"] = "BYTE_STREAM_SPLIT"
-    if "image_digest" in table.column_names:
-        encodings["image_digest"] = "PLAIN"
+    encodings = {"sample_id": "DELTA_BINARY_PACKED"}
+    for name in table.column_names:
+        if name in ("aug_seed", DIGEST_COLUMN):
+            encodings[name] = "PLAIN"
+        elif name == "mix_partner":
+            encodings[name] = "BYTE_STREAM_SPLIT"
+        elif any(name in columns for columns in TOPK_COLUMNS.values()):
+            encodings[f"{name}.list.element"] = "BYTE_STREAM_SPLIT"
     pq.write_table(
         table,
         tmp,
@@ -88,7 +92,8 @@ def write_shard(path: str, table: pa.Table) -> tuple[str, int]:
         use_dictionary=["epoch"],
         column_encoding=encodings,
         write_statistics=["sample_id", "epoch"],
-        row_group_size=max(1, table.num_rows),
+        row_group_size=max(1, row_group_size or table.num_rows),
+        write_page_checksum=row_group_size is not None,
     )
     with open(tmp, "rb") as handle:
         data = handle.read()
@@ -173,7 +178,8 @@ def _known_shards(output_dir: str, metadata: dict[str, Any], existing: dict[str,
                 f"{error} (a shard an earlier run left unlisted; delete it so that this command rewrites it)"
             ) from None
         rows = expected_chunk_rows(metadata["dataset_size"], metadata["chunk_size"], chunk)
-        entries[relpath] = shard_entry(relpath, epoch, chunk, rows, data)
+        seeds = seeds_checksum(metadata["seed"], epoch, shard["sample_id"])
+        entries[relpath] = shard_entry(relpath, epoch, chunk, rows, data, aug_seeds=seeds)
     return entries
 
 
@@ -209,6 +215,35 @@ def _check_settings(**settings) -> None:
         raise ValueError(f"lock_timeout={timeout!r} must be a number of seconds >= 0 (0: fail at once)")
 
 
+def _is_stream(dataset) -> bool:
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def _streamed_views(stream, recipe: AugmentationRecipe, seed: int, image_column: str, max_samples: int | None):
+    """`IterableAugmentedDataset` views of a streamed image dataset for saving: its sample ids and size from the
+    shard sizes (Parquet footers where the stream has them), cut to the first `max_samples` rows."""
+    from ..augment.views import stream_shard_sizes
+
+    if recipe.mixes:
+        raise ValueError(
+            "a Mixup/CutMix store cannot be saved from a stream: each record's view mixes in a partner image drawn "
+            "from the whole dataset, which a stream cannot fetch; save it from a map-style dataset (load the images "
+            "without streaming), or stream a recipe without mixing (TinyViT's ImageNet-21k recipe has none)"
+        )
+    sizes = stream_shard_sizes(stream)
+    if max_samples is not None:
+        ends = np.cumsum(sizes)
+        sizes = [int(max(0, min(n, max_samples - (end - n)))) for n, end in zip(sizes, ends)]
+    if sum(sizes) == 0:
+        raise ValueError("the dataset is empty: there is nothing to save")
+    views = IterableAugmentedDataset(stream, recipe, seed=seed, shard_sizes=sizes, image_column=image_column,
+                                     label_column=None)  # fmt: skip
+    views.image_digests = True
+    return views
+
+
 def save_teacher_logits(
     teacher: torch.nn.Module | Callable[[torch.Tensor], Any],
     dataset,
@@ -235,18 +270,24 @@ def save_teacher_logits(
     progress: bool = True,
     view_cache=None,
     lock_timeout: float = 0.0,
+    topk_encoding: str = "float16",
 ) -> str:
     """Save a teacher's top-k probabilities for epochs [start_epoch, end_epoch) of augmented views.
 
     `teacher` takes views normalised with the recipe's mean/std (see `load_teacher`) and returns
-    logits. Records are split into fixed chunks of `chunk_size` samples per epoch, dealt out
-    round-robin to the Accelerate processes; each chunk is one Parquet shard, so a store is
-    byte-identical whatever the process count. Each record keeps a digest of its image, and the
-    metadata each shard's sha256 (see `verify_store`). Rerunning the same call skips complete
-    shards; a store built from another teacher, dataset, recipe or seed is refused before any work.
-    One saving run writes a store at a time (a lock file): another waits up to `lock_timeout`
-    seconds, then fails naming the holder. `view_cache` (a `ViewCache`) reuses views already
-    rendered, e.g. while the teacher trained on the same recipe and seed. Returns `output_dir`.
+    logits. `dataset` is a map-style image dataset or a streamed one (`datasets.IterableDataset`:
+    local Parquet or image folders, a Hub id with `streaming=True`; not with Mixup/CutMix); both
+    give byte-identical stores. Records are split into fixed chunks of `chunk_size` samples per
+    epoch, dealt out round-robin to the Accelerate processes (from a stream, each process and
+    DataLoader worker reads only the source shards under its chunks); each chunk is one Parquet
+    shard, so a store is byte-identical whatever the process count. `topk_encoding` is "float16"
+    or the quantised "sqrt8" (see `hf_tinyvit.store.codec`), encoded from the float32 top-k.
+    Each record keeps a digest of its image, and the metadata each shard's sha256 (see
+    `verify_store`). Rerunning the same call skips complete shards; a store built from another
+    teacher, dataset, recipe, seed or encoding is refused before any work. One saving run writes
+    a store at a time (a lock file): another waits up to `lock_timeout` seconds, then fails naming
+    the holder. `view_cache` (a `ViewCache`, map-style only) reuses views already rendered, e.g.
+    while the teacher trained on the same recipe and seed. Returns `output_dir`.
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
@@ -256,6 +297,7 @@ def save_teacher_logits(
         batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size, max_samples=max_samples,
         check_samples=check_samples, check_tolerance=check_tolerance, lock_timeout=lock_timeout,
     )  # fmt: skip
+    check_topk_encoding(topk_encoding)
     end_epoch = num_epochs if end_epoch is None else end_epoch
     if not 0 <= start_epoch < end_epoch <= num_epochs:
         raise ValueError(
@@ -263,22 +305,29 @@ def save_teacher_logits(
         )
     if recipe.mixes and chunk_size % 2:
         raise ValueError(f"chunk_size={chunk_size} must be even with Mixup/CutMix so that partners share a shard")
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty: there is nothing to save")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"output_dir={output_dir!r} is a file; a store is a folder")
+    streamed = _is_stream(dataset)
+    if streamed:
+        if view_cache is not None:
+            raise ValueError("view_cache serves map-style datasets; a stream renders each view once")
+        views = _streamed_views(dataset, recipe, seed, image_column, max_samples)
+        num_samples = views.num_samples
+    else:
+        if max_samples is not None:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: there is nothing to save")
+        views = AugmentedDataset(
+            dataset, recipe, seed=seed, image_column=image_column, label_column=None, view_cache=view_cache,
+            image_digests=True,
+        )  # fmt: skip
+        num_samples = len(views)
     accelerator = accelerator or Accelerator()
     device = accelerator.device
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(device).eval()
     name, weights_hash = _teacher_identity(teacher, teacher_name, teacher_hash)
-    views = AugmentedDataset(
-        dataset, recipe, seed=seed, image_column=image_column, label_column=None, view_cache=view_cache,
-        image_digests=True,
-    )  # fmt: skip
-    num_samples = len(views)
 
     # One view through the teacher before any work: class count, output shape, topk range.
     with torch.inference_mode():
@@ -304,10 +353,11 @@ def save_teacher_logits(
         "num_labels": num_labels,
         "id2label": {str(int(k)): str(v) for k, v in id2label.items()},
         "topk": topk,
+        "topk_encoding": topk_encoding,
         "recipe": recipe.to_dict(),
         "recipe_fingerprint": recipe.fingerprint(),
         "seed": seed,
-        "dataset_fingerprint": dataset_fingerprint(views.dataset, image_column),
+        "dataset_fingerprint": views.fingerprint() if streamed else dataset_fingerprint(views.dataset, image_column),
         "dataset_size": num_samples,
         "chunk_size": chunk_size,
         "num_chunks": num_chunks,
@@ -359,8 +409,9 @@ def save_teacher_logits(
             from .verify import check_teacher_logits
 
             report = check_teacher_logits(
-                teacher, dataset, output_dir, num_samples=check_samples, batch_size=batch_size, epoch=start_epoch,
-                image_column=image_column, cache_dir=cache_dir,
+                teacher, views.source if streamed else dataset, output_dir, num_samples=check_samples,
+                batch_size=batch_size, epoch=start_epoch, image_column=image_column, cache_dir=cache_dir,
+                shard_sizes=views.shard_sizes if streamed else None,
             )  # fmt: skip
             logger.info(
                 "check: re-ran the teacher on %d replayed records of epoch %d: largest difference %.3g, %d top-k index mismatches",
@@ -378,6 +429,27 @@ def save_teacher_logits(
     return output_dir
 
 
+def _batches(views, recipe, seed: int, epoch: int, chunks: list[int], chunk_size: int, batch_size: int, num_workers: int):
+    """`(chunk, sample ids, batch)` for every batch of the given chunks of `epoch`: batches never cross a chunk and
+    are the same slices of each chunk's ids for a map-style dataset and a stream, so the teacher sees the same
+    inputs in the same batches either way (the stream's arrive by chunk in any order of their workers)."""
+    num_samples = views.num_samples if isinstance(views, IterableAugmentedDataset) else len(views)
+    order = pairing_order(recipe, seed, epoch, num_samples)
+    chunk_ids = {c: order[c * chunk_size : (c + 1) * chunk_size] for c in chunks}
+    plan = [(c, i, min(i + batch_size, len(chunk_ids[c]))) for c in chunks for i in range(0, len(chunk_ids[c]), batch_size)]
+    if isinstance(views, IterableAugmentedDataset):  # no Mixup: chunk c holds ids [c * chunk_size, ...) in order
+        streamed = StreamedBatches(views, epoch, [(c, c * chunk_size + a, c * chunk_size + b) for c, a, b in plan])
+        loader = DataLoader(streamed, batch_size=None, num_workers=num_workers)
+        for batch in loader:
+            yield int(batch.pop("group")), batch["sample_id"].numpy(), batch
+        return
+    views.set_epoch(epoch)
+    sampler = [chunk_ids[c][a:b].tolist() for c, a, b in plan]
+    loader = DataLoader(views, batch_sampler=sampler, collate_fn=collate_views, num_workers=num_workers)
+    for (chunk, _, _), ids, batch in zip(plan, sampler, loader):
+        yield chunk, np.asarray(ids, dtype=np.int64), batch
+
+
 def _write_epochs(
     teacher, views, output_dir, metadata, entries, *, recipe, seed, start_epoch, end_epoch, batch_size, num_workers,
     accelerator, progress, gather,
@@ -385,9 +457,10 @@ def _write_epochs(
     """Run the teacher over this process's chunks of each epoch, write them, and (main process) list each
     completed epoch with its shards' sha256 in the metadata."""
     device = accelerator.device
-    num_samples, chunk_size, num_chunks = len(views), metadata["chunk_size"], metadata["num_chunks"]
-    topk = metadata["topk"]
-    features = store_features(topk, metadata["num_labels"], with_partner=recipe.mixes, with_digest=True)
+    num_samples, chunk_size, num_chunks = metadata["dataset_size"], metadata["chunk_size"], metadata["num_chunks"]
+    topk, num_labels, encoding = metadata["topk"], metadata["num_labels"], metadata["topk_encoding"]
+    features = metadata_features(metadata)
+    group_rows = row_group_rows(topk, num_labels, encoding, chunk_size)
     rank, world = accelerator.process_index, accelerator.num_processes
     work = {
         epoch: [c for c in range(rank, num_chunks, world) if shard_relpath(epoch, c) not in entries]
@@ -397,50 +470,34 @@ def _write_epochs(
         for chunk in chunks:
             # a killed run can leave a half-written temporary file of a chunk this rank now redoes
             _remove_stale_temps(os.path.join(output_dir, shard_relpath(epoch, chunk)))
-    total = sum(min(chunk_size, num_samples - c * chunk_size) for chunks in work.values() for c in chunks)
+    total = sum(expected_chunk_rows(num_samples, chunk_size, c) for chunks in work.values() for c in chunks)
     bar = progress_bar(
         total=total, desc="teacher logits", unit="img", disable=not (progress and accelerator.is_local_main_process)
     )
     for epoch, chunks in work.items():
-        order = pairing_order(recipe, seed, epoch, num_samples)
         partners = mix_partners(recipe, seed, epoch, num_samples) if recipe.mixes else None
-        chunk_ids = {c: order[c * chunk_size : (c + 1) * chunk_size] for c in chunks}
-        # batches never cross a chunk, so a finished chunk is written as soon as its last batch is in
-        batches = [
-            (c, ids[i : i + batch_size].tolist())
-            for c in chunks
-            for ids in [chunk_ids[c]]
-            for i in range(0, len(ids), batch_size)
-        ]
-        views.set_epoch(epoch)
-        loader = DataLoader(
-            views, batch_sampler=[ids for _, ids in batches], collate_fn=collate_views, num_workers=num_workers
-        )
-        pending: dict[int, list[tuple[torch.Tensor, ...]]] = {c: [] for c in chunks}
+        pending: dict[int, list[tuple[np.ndarray, ...]]] = {c: [] for c in chunks}
         written = []
         with torch.inference_mode():
-            for (chunk, ids), batch in zip(batches, loader):
+            for chunk, ids, batch in _batches(views, recipe, seed, epoch, chunks, chunk_size, batch_size, num_workers):
                 logits = checked_teacher_logits(teacher, batch["pixel_values"].to(device), batch["sample_id"], epoch)
-                values, indices = topk_probabilities(logits, topk)
-                pending[chunk].append((values.cpu(), indices.cpu(), batch["image_digest"]))
+                values, indices = teacher_topk(logits, topk)
+                pending[chunk].append((ids, values.cpu().numpy(), indices.cpu().numpy(), batch["image_digest"].numpy()))
                 bar.update(len(ids))
-                if sum(len(v) for v, _, _ in pending[chunk]) == len(chunk_ids[chunk]):
-                    parts = pending.pop(chunk)
-                    sample_ids = chunk_ids[chunk]
+                if sum(len(part[0]) for part in pending[chunk]) == expected_chunk_rows(num_samples, chunk_size, chunk):
+                    sample_ids, values, indices, digests = (np.concatenate(column) for column in zip(*pending.pop(chunk)))
                     table = shard_table(
-                        features,
-                        sample_ids,
-                        epoch,
-                        np.array([augmentation_seed(seed, epoch, s) for s in sample_ids], dtype=np.uint32),
-                        torch.cat([v for v, _, _ in parts]).numpy(),
-                        torch.cat([i for _, i, _ in parts]).numpy(),
-                        None if partners is None else partners[sample_ids],
-                        digests=torch.cat([d for _, _, d in parts]).numpy(),
-                    )
+                        features, sample_ids, epoch, encode_topk(values, indices, num_labels, encoding),
+                        partners=None if partners is None else partners[sample_ids], digests=digests,
+                    )  # fmt: skip
                     relpath = shard_relpath(epoch, chunk)
-                    sha256, size = write_shard(os.path.join(output_dir, relpath), table)
-                    written.append(shard_entry(relpath, epoch, chunk, table.num_rows, sha256=sha256, size=size))
+                    sha256, size = write_shard(os.path.join(output_dir, relpath), table, row_group_size=group_rows)
+                    seeds = seeds_checksum(seed, epoch, np.sort(sample_ids))
+                    written.append(shard_entry(relpath, epoch, chunk, table.num_rows, sha256=sha256, size=size,
+                                               aug_seeds=seeds))  # fmt: skip
                     logger.info("rank %d wrote %s (%d records)", rank, relpath, table.num_rows)
+        if pending:
+            raise RuntimeError(f"rank {rank} epoch {epoch}: chunks {sorted(pending)} did not receive all their records")
         # every process's new shards, with their checksums, reach the main process, which lists them
         for entry in gather(written):
             entries[entry["path"]] = entry

@@ -380,6 +380,21 @@ def _crop(recipe: AugmentationRecipe) -> dict:
     return {"crop_pct": recipe.crop_pct, "crop_mode": recipe.crop_mode}
 
 
+def open_store(training_args: DistillationTrainingArguments) -> TeacherLogitStore:
+    """The run's teacher-logit store; from the Hub, only the epochs its training epochs replay are fetched (every
+    epoch when `max_steps` sets the length)."""
+    import math
+
+    from ..replay import replayed_epoch
+
+    store = TeacherLogitStore.open(training_args.teacher_logits, epochs=())
+    if training_args.max_steps is not None and training_args.max_steps > 0:
+        store.fetch(store.epochs)
+    elif store.epochs:
+        store.fetch({replayed_epoch(store, e) for e in range(max(1, math.ceil(training_args.num_train_epochs)))})
+    return store
+
+
 def stream_image_dataset(name: str, split: str, num_shards: int = 8):
     """A split of `load_image_dataset`'s sources as a `datasets.IterableDataset`, in the map-style order: image
     folders, Parquet folders and Hub ids stream from their files; digits and `save_to_disk` folders (already
@@ -456,7 +471,7 @@ def distill(
     )
 
     if training_args.teacher_logits is not None:
-        store = TeacherLogitStore.open(training_args.teacher_logits)
+        store = open_store(training_args)
         recipe = AugmentationRecipe.from_dict(store.metadata["recipe"])
         if data_args.image_size not in (None, recipe.image_size):
             raise ValueError(
@@ -511,7 +526,7 @@ def _distill_streamed(
     train_stream, eval_stream, dataset_labels = _streamed_datasets(data_args, training_args)
     buffer = data_args.shuffle_buffer
     if training_args.teacher_logits is not None:
-        store = TeacherLogitStore.open(training_args.teacher_logits)
+        store = open_store(training_args)
         recipe = store.recipe
         if data_args.image_size not in (None, recipe.image_size):
             raise ValueError(
